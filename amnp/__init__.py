@@ -1,0 +1,21 @@
+"""amnp: AM-Softmax (Additive Margin Softmax) and face verification, by hand in NumPy/CuPy.
+
+    import amnp
+    from amnp import layers, losses, functional
+"""
+from . import functional, gradcheck, layers, losses
+from .backend import (
+    asarray,
+    get_array_module,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "asarray", "get_array_module", "get_backend", "set_backend", "to_numpy", "use_backend",
+    "functional", "gradcheck", "layers", "losses",
+]

@@ -1,0 +1,147 @@
+"""Backend selection: NumPy on the CPU or CuPy on a CUDA GPU.
+
+Kernels never consult the global setting: they take ``xp`` from their input
+arrays with :func:`get_array_module`, so the same function runs on either
+library.  The global backend only decides where *new* arrays (parameters,
+minibatches) are created, through :func:`asarray` and :func:`xp`.
+
+The backend is chosen with ``amnp.set_backend("numpy" | "cupy")``, the
+``amnp.use_backend(name)`` context manager, or the ``AMNP_BACKEND``
+environment variable read at import.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+
+_current = "numpy"
+_cupy = None  # the cupy module, imported on first use
+
+
+def _import_cupy():
+    """Import CuPy and make sure a CUDA device answers, or explain what is missing."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy
+    except ImportError as exc:  # not installed, or a CUDA library is missing
+        raise RuntimeError(
+            "the cupy backend needs CuPy, which could not be imported "
+            f"({type(exc).__name__}: {exc}). Install it with "
+            "'pip install \"amnp[gpu]\"' (CuPy for CUDA 12) on a machine with a CUDA GPU, "
+            "or use the numpy backend."
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, driver missing, ...
+        raise RuntimeError(
+            "CuPy is installed but no CUDA device is usable "
+            f"({type(exc).__name__}: {exc}). The cupy backend needs an NVIDIA GPU with a "
+            "working driver; use the numpy backend on this machine."
+        ) from None
+    if count < 1:
+        raise RuntimeError(
+            "CuPy is installed but found no CUDA device; use the numpy backend on this machine."
+        )
+    _cupy = cupy
+    return cupy
+
+
+def cupy_available() -> tuple[bool, str]:
+    """Return ``(True, "")`` when the cupy backend can be used, else ``(False, reason)``."""
+    try:
+        _import_cupy()
+    except RuntimeError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def set_backend(name: str) -> None:
+    """Choose where new arrays are created: ``"numpy"`` (CPU) or ``"cupy"`` (GPU).
+
+    Raises ValueError for an unknown name and RuntimeError when CuPy or a CUDA
+    device is missing.
+    """
+    global _current
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name == "cupy":
+        _import_cupy()
+    _current = name
+
+
+def get_backend() -> str:
+    """The name of the current backend, ``"numpy"`` or ``"cupy"``."""
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: ``with amnp.use_backend("cupy"): ...`` restores the old backend after."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def xp():
+    """The array module of the current backend (numpy or cupy)."""
+    return _import_cupy() if _current == "cupy" else np
+
+
+def _is_cupy_array(a) -> bool:
+    # Checked by type name so that NumPy-only machines never import CuPy.
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_array_module(*arrays):
+    """Return numpy or cupy according to the arrays given (non-arrays are ignored).
+
+    Mixing NumPy and CuPy arrays in one call is a TypeError, because CuPy would
+    otherwise raise an obscure error deep inside a kernel, or copy silently.
+    """
+    kinds = {}
+    for position, a in enumerate(arrays):
+        if _is_cupy_array(a):
+            kinds.setdefault("cupy", position)
+        elif isinstance(a, np.ndarray):
+            kinds.setdefault("numpy", position)
+    if len(kinds) > 1:
+        raise TypeError(
+            "arrays from different backends were mixed: argument "
+            f"{kinds['numpy']} is a NumPy array and argument {kinds['cupy']} is a CuPy array; "
+            "move them to one backend with amnp.asarray or amnp.to_numpy"
+        )
+    if "cupy" in kinds:
+        return _import_cupy()
+    return np
+
+
+def to_numpy(a) -> np.ndarray:
+    """Copy an array to the host as a NumPy array (a NumPy array is returned as is)."""
+    if _is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(a, dtype=None):
+    """Put ``a`` on the current backend (copying between host and device if needed)."""
+    if _current == "cupy":
+        return _import_cupy().asarray(a, dtype=dtype)
+    return np.asarray(to_numpy(a), dtype=dtype)
+
+
+def _backend_from_environment() -> None:
+    name = os.environ.get("AMNP_BACKEND", "").strip().lower()
+    if name:
+        set_backend(name)
+
+
+_backend_from_environment()

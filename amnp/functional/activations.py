@@ -1,0 +1,83 @@
+"""ReLU and PReLU.
+
+Kink convention (both): the point x = 0 belongs to the negative side, so the
+subgradient used there is 0 for ReLU and the slope a for PReLU, as in PyTorch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..backend import get_array_module
+from ..validation import floating_array, same_dtype
+
+
+class ReLUCache(NamedTuple):
+    positive: object  # bool mask x > 0, all backward needs
+
+
+def relu_forward(x):
+    """out = max(x, 0), any shape."""
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"relu: input must be a floating-point array, got {getattr(x, 'dtype', type(x))}")
+    xp = get_array_module(x)
+    positive = x > 0
+    return xp.where(positive, x, 0).astype(x.dtype, copy=False), ReLUCache(positive)
+
+
+def relu_backward(dout, cache: ReLUCache):
+    """dx = dout where x > 0, else 0 (subgradient 0 at x = 0)."""
+    xp = get_array_module(dout)
+    return xp.where(cache.positive, dout, 0).astype(dout.dtype, copy=False)
+
+
+class PReLUCache(NamedTuple):
+    x: object         # (N, C, ...): needed for the slope gradient
+    slope: object     # (C,) or (1,) broadcast over axis 1
+    positive: object  # bool mask x > 0
+
+
+def _slope_shape(x, weight):
+    """Shape that broadcasts one slope per channel (axis 1) over x."""
+    return (1, weight.shape[0]) + (1,) * (x.ndim - 2)
+
+
+def prelu_forward(x, weight):
+    """Parametric ReLU with one learned slope per channel.
+
+    x: (N, C, ...) with channels on axis 1; weight: (C,) or (1,) (one slope shared).
+    out = x where x > 0, weight[c] · x elsewhere.
+    """
+    if not hasattr(x, "ndim") or x.ndim < 2:
+        raise ValueError(f"prelu: input must have at least 2 dimensions (N, C, ...), got shape {getattr(x, 'shape', None)}")
+    floating_array(x, x.ndim, "(N, C, ...)", "prelu")
+    floating_array(weight, 1, "(C,)", "prelu", "weight")
+    same_dtype("prelu", input=x, weight=weight)
+    xp = get_array_module(x, weight)
+    if weight.shape[0] not in (1, x.shape[1]):
+        raise ValueError(
+            f"prelu: input has {x.shape[1]} channels but there are {weight.shape[0]} slopes "
+            "(expected one per channel, or a single shared slope)"
+        )
+    slope = weight.reshape(_slope_shape(x, weight))
+    positive = x > 0
+    out = xp.where(positive, x, slope * x)
+    return out, PReLUCache(x, weight, positive)
+
+
+def prelu_backward(dout, cache: PReLUCache):
+    """-> (dx, dweight).
+
+    dx = dout where x > 0, weight[c] · dout elsewhere;
+    dweight[c] = Σ over every axis but 1 of dout · x where x <= 0 (summed over all channels
+    when the slope is shared).
+    """
+    x, weight, positive = cache
+    xp = get_array_module(dout, x)
+    slope = weight.reshape(_slope_shape(x, weight))
+    dx = xp.where(positive, dout, slope * dout)
+    per_element = xp.where(positive, 0, dout * x).astype(dout.dtype, copy=False)
+    reduce_axes = (0,) + tuple(range(2, x.ndim))
+    dweight = per_element.sum(axis=reduce_axes)
+    if weight.shape[0] == 1:
+        dweight = dweight.sum(keepdims=True)
+    return dx, dweight

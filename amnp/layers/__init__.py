@@ -1,0 +1,18 @@
+"""Layers: classes that own parameters and call the functional pairs."""
+from .base import Layer, Residual, Sequential
+from .core import (
+    AvgPool2d,
+    Conv2d,
+    CosineLinear,
+    Flatten,
+    L2Normalize,
+    Linear,
+    MaxPool2d,
+    PReLU,
+    ReLU,
+)
+
+__all__ = [
+    "Layer", "Sequential", "Residual", "Linear", "Conv2d", "ReLU", "PReLU", "MaxPool2d",
+    "AvgPool2d", "Flatten", "L2Normalize", "CosineLinear",
+]

@@ -1,0 +1,153 @@
+"""The layer protocol and the two containers.
+
+A layer owns two dicts with the same keys: ``params`` (the arrays forward reads,
+at call time, so assigning a new array of the same shape loads weights) and
+``grads`` (filled by backward for the last forward).  ``y = layer.forward(x)``
+keeps what backward needs; ``dx = layer.backward(dout)`` returns the gradient
+for the input.  A layer instance is used once per forward pass: calling it twice
+before backward would overwrite its cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import asarray, to_numpy
+
+
+class Layer:
+    """Base class: parameter bookkeeping, dotted names, state dicts."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self._cache = None
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _last_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        return self._cache
+
+    def children(self):
+        """Sub-layers as (name, layer) pairs; empty for a leaf layer."""
+        return ()
+
+    def named_parameters(self, prefix: str = ""):
+        """Yield (dotted name, owning layer, key) for every parameter, e.g. ("0.weight", conv, "weight")."""
+        for key in self.params:
+            yield prefix + key, self, key
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def num_parameters(self) -> int:
+        return sum(int(layer.params[key].size) for _, layer, key in self.named_parameters())
+
+    def state_dict(self) -> dict:
+        """{dotted name: NumPy copy of the parameter}."""
+        return {name: to_numpy(layer.params[key]).copy() for name, layer, key in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the parameters, on the current backend, after checking that the
+        names, shapes and dtypes all match; nothing is changed when anything differs."""
+        own = {name: (layer, key) for name, layer, key in self.named_parameters()}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{type(self).__name__}: parameters do not match; "
+                f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+            )
+        for name, (layer, key) in own.items():
+            current, given = layer.params[key], state[name]
+            if tuple(given.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {name!r} has shape {tuple(current.shape)} "
+                    f"but the state gives {tuple(given.shape)}"
+                )
+            if np.dtype(given.dtype) != np.dtype(current.dtype):
+                raise TypeError(
+                    f"{type(self).__name__}: parameter {name!r} has dtype {current.dtype} "
+                    f"but the state gives {given.dtype}"
+                )
+        for name, (layer, key) in own.items():
+            layer.params[key] = asarray(state[name], dtype=layer.params[key].dtype)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _in_context(exc: Exception, where: str) -> Exception:
+    """The same error with the position of the failing layer in front of its message."""
+    if type(exc) in (ValueError, TypeError):
+        return type(exc)(f"{where}: {exc}")
+    return exc
+
+
+class Sequential(Layer):
+    """Layers applied one after the other; their parameters are named "0.weight", "1.weight", ..."""
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        for position, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {position} is a {type(layer).__name__}, not a Layer")
+        self.layers = list(layers)
+
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def forward(self, x):
+        for position, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except (ValueError, TypeError) as exc:
+                raise _in_context(exc, f"{type(self).__name__}[{position}] {type(layer).__name__}") from None
+        self._cache = True
+        return x
+
+    def backward(self, dout):
+        self._last_cache()
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): " + repr(layer).replace("\n", "\n  ") for name, layer in self.children()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+class Residual(Sequential):
+    """x + F(x), with F the given layers in sequence (no activation after the sum).
+
+    Backward: dx = dout + dF/dx(dout): the identity path and the residual path add.
+    """
+
+    def forward(self, x):
+        out = super().forward(x)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"Residual: the branch maps shape {tuple(x.shape)} to {tuple(out.shape)}; "
+                "x + F(x) needs the same shape"
+            )
+        return x + out
+
+    def backward(self, dout):
+        return dout + super().backward(dout)
+

@@ -1,0 +1,213 @@
+"""Leaf layers: thin classes over the functional pairs, named and laid out as in PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .. import init as param_init
+from ..functional.normalize import DEFAULT_EPS
+from ..validation import positive_int, window
+from .base import Layer
+
+
+class Linear(Layer):
+    """out = x Wᵀ + b.  x: (N, in_features) -> (N, out_features).
+
+    weight (out_features, in_features), bias (out_features,), initialised by
+    ``weight_init`` ("xavier" or a Gaussian std) and zeros.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, weight_init="xavier",
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features", "Linear")
+        self.out_features = positive_int(out_features, "out_features", "Linear")
+        dtype = param_init.check_dtype(dtype, "Linear")
+        rng = param_init.make_rng(rng)
+        self.params["weight"] = param_init.weight(
+            (self.out_features, self.in_features), self.in_features, weight_init, dtype, rng, "Linear")
+        if bias:
+            self.params["bias"] = param_init.constant((self.out_features,), 0.0, dtype)
+
+    def forward(self, x):
+        out, self._cache = F.linear_forward(x, self.params["weight"], self.params.get("bias"))
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["weight"], db = F.linear_backward(dout, self._last_cache())
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
+
+
+class Conv2d(Layer):
+    """2-D convolution.  x: (N, in_channels, H, W) -> (N, out_channels, Ho, Wo).
+
+    weight (out_channels, in_channels, kh, kw), bias (out_channels,); zero padding.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 weight_init="xavier", dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels", "Conv2d")
+        self.out_channels = positive_int(out_channels, "out_channels", "Conv2d")
+        self.kernel_size, self.stride, self.padding = window(kernel_size, stride, padding, "Conv2d")
+        dtype = param_init.check_dtype(dtype, "Conv2d")
+        rng = param_init.make_rng(rng)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        self.params["weight"] = param_init.weight(
+            (self.out_channels, self.in_channels, kh, kw), fan_in, weight_init, dtype, rng, "Conv2d")
+        if bias:
+            self.params["bias"] = param_init.constant((self.out_channels,), 0.0, dtype)
+
+    def forward(self, x):
+        out, self._cache = F.conv2d_forward(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["weight"], db = F.conv2d_backward(dout, self._last_cache())
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params}")
+
+
+class ReLU(Layer):
+    """max(x, 0), any shape; subgradient 0 at x = 0."""
+
+    def forward(self, x):
+        out, self._cache = F.relu_forward(x)
+        return out
+
+    def backward(self, dout):
+        return F.relu_backward(dout, self._last_cache())
+
+
+class PReLU(Layer):
+    """x where x > 0, a_c·x elsewhere, one slope a_c per channel (axis 1), or one shared slope.
+
+    weight (num_parameters,), initialised to ``init``; at x = 0 the slope side is used.
+    """
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__()
+        self.num_parameters = positive_int(num_parameters, "num_parameters", "PReLU")
+        dtype = param_init.check_dtype(dtype, "PReLU")
+        self.params["weight"] = param_init.constant((self.num_parameters,), init, dtype)
+
+    def forward(self, x):
+        out, self._cache = F.prelu_forward(x, self.params["weight"])
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["weight"] = F.prelu_backward(dout, self._last_cache())
+        return dx
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = window(
+            kernel_size, stride, padding, type(self).__name__)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window, −inf padding; ties send the gradient to the first maximum
+    in row-major window order.  (N, C, H, W) -> (N, C, Ho, Wo)."""
+
+    def forward(self, x):
+        out, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        return F.max_pool2d_backward(dout, self._last_cache())
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each zero-padded window, padding counted.  (N, C, H, W) -> (N, C, Ho, Wo)."""
+
+    def forward(self, x):
+        out, self._cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        return F.avg_pool2d_backward(dout, self._last_cache())
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1·d2·...)."""
+
+    def forward(self, x):
+        out, self._cache = F.flatten_forward(x)
+        return out
+
+    def backward(self, dout):
+        return F.flatten_backward(dout, self._last_cache())
+
+
+class L2Normalize(Layer):
+    """Rows divided by sqrt(‖v‖² + eps).  (N, D) -> (N, D)."""
+
+    def __init__(self, eps=DEFAULT_EPS):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"L2Normalize: eps must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, x):
+        out, self._cache = F.l2_normalize_forward(x, self.eps)
+        return out
+
+    def backward(self, dout):
+        return F.l2_normalize_backward(dout, self._last_cache())
+
+    def extra_repr(self):
+        return f"eps={self.eps}"
+
+
+class CosineLinear(Layer):
+    """The cosine layer: cos θ between each feature and each class weight.
+
+    x: (N, in_features) -> (N, num_classes); weight (num_classes, in_features), no bias,
+    xavier-initialised so that rows start with a norm near 1.  With
+    ``normalize_features=False`` the output is ‖x‖ cos θ.
+    """
+
+    def __init__(self, in_features, num_classes, normalize_features=True, eps=DEFAULT_EPS,
+                 weight_init="xavier", dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features", "CosineLinear")
+        self.num_classes = positive_int(num_classes, "num_classes", "CosineLinear")
+        self.normalize_features = bool(normalize_features)
+        self.eps = float(eps)
+        dtype = param_init.check_dtype(dtype, "CosineLinear")
+        self.params["weight"] = param_init.weight(
+            (self.num_classes, self.in_features), self.in_features, weight_init, dtype,
+            param_init.make_rng(rng), "CosineLinear")
+
+    def forward(self, x):
+        out, self._cache = F.cosine_forward(
+            x, self.params["weight"], self.normalize_features, self.eps)
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache())
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_features}, {self.num_classes}, "
+                f"normalize_features={self.normalize_features}")

@@ -1,0 +1,98 @@
+"""Input checks shared by the ops, layers and losses.
+
+Every check raises ValueError or TypeError with a message that starts with the
+name of the op, layer or loss (``where``), says what was expected and what came,
+so a wrong input never travels deep into a kernel to fail there obscurely, or
+worse, to produce a wrong answer silently.
+"""
+from __future__ import annotations
+
+import numbers
+
+from .backend import get_array_module
+
+
+def pair(value, name: str, where: str) -> tuple[int, int]:
+    """Turn an int or an (h, w) pair of ints into a tuple ``(h, w)``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), int(value)
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{where}: {name} must be an int or a pair of ints (h, w), got {value!r}")
+
+
+def positive_int(value, name: str, where: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def floating_array(x, ndim: int, layout: str, where: str, name: str = "input"):
+    """Check that ``x`` is a floating-point array with ``ndim`` dimensions (``layout`` names them)."""
+    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+        raise TypeError(f"{where}: {name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(
+            f"{where}: {name} must have {ndim} dimensions {layout}, got shape {tuple(x.shape)}"
+        )
+    if x.dtype.kind != "f":
+        raise TypeError(f"{where}: {name} must be a floating-point array, got dtype {x.dtype}")
+
+
+def same_dtype(where: str, **arrays) -> None:
+    """Refuse mixed float32/float64 operands, which would silently promote or lose precision."""
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"{where}: operands must share one dtype, got {listing}")
+
+
+def finite(x, where: str, name: str) -> None:
+    xp = get_array_module(x)
+    if not bool(xp.isfinite(x).all()):
+        raise ValueError(f"{where}: {name} contains NaN or Inf")
+
+
+def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None:
+    """Labels must be integers in [0, num_classes), one per sample.
+
+    Checked before any indexing: NumPy and CuPy wrap negative indices silently
+    and CuPy wraps out-of-range ones too, which would train on the wrong class.
+    """
+    if not hasattr(labels, "dtype") or not hasattr(labels, "ndim"):
+        raise TypeError(f"{where}: labels must be an integer array, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != num_samples:
+        raise ValueError(
+            f"{where}: expected one label per sample, shape ({num_samples},), "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if num_samples == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"{where}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+            f"got values from {low} to {high}"
+        )
+
+
+def window(kernel_size, stride, padding, where: str):
+    """Normalise a sliding-window geometry to three (h, w) pairs and check it.
+
+    ``stride=None`` means stride = kernel_size (the pooling default).
+    """
+    kernel = pair(kernel_size, "kernel_size", where)
+    stride = kernel if stride is None else pair(stride, "stride", where)
+    padding = pair(padding, "padding", where)
+    if min(kernel) <= 0 or min(stride) <= 0 or min(padding) < 0:
+        raise ValueError(
+            f"{where}: kernel_size and stride must be positive and padding >= 0, got "
+            f"kernel_size={kernel}, stride={stride}, padding={padding}"
+        )
+    return kernel, stride, padding
