@@ -1,0 +1,32 @@
+"""Shared test settings.
+
+Hypothesis profiles, chosen with AMNP_HYPOTHESIS_PROFILE:
+- ``quick`` (default): few examples, for development;
+- ``ci``: derandomized (the same examples every run), a moderate number;
+- ``thorough``: many examples, for a gradient study.
+"""
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("quick", max_examples=10, deadline=None)
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("AMNP_HYPOTHESIS_PROFILE", "quick"))
+
+
+@pytest.fixture
+def cupy_module():
+    """The cupy module, or a skip that says why the GPU tests cannot run here."""
+    from amnp.backend import _import_cupy, cupy_available
+
+    available, reason = cupy_available()
+    if not available:
+        pytest.skip(f"GPU test skipped: {reason}")
+    return _import_cupy()
