@@ -1,0 +1,591 @@
+"""Face-verification and identification protocols on host (NumPy) arrays.
+
+A face-recognition network maps an image to an embedding vector. After
+training with AM-Softmax the *direction* of that vector carries the identity,
+so every protocol here compares L2-normalised embeddings with the cosine
+similarity
+
+    s(a, b) = <a, b> / (||a|| * ||b||)        (a value in [-1, 1]).
+
+Verification ("are these two images the same person?") thresholds a pair
+score: a pair is predicted "same" when ``score >= threshold``. From that rule
+come the usual metrics:
+
+* accuracy with the LFW 10-fold protocol (threshold fitted on 9 folds,
+  accuracy measured on the held-out one),
+* the ROC curve: TAR (true accept rate, fraction of same-identity pairs
+  accepted) against FAR (false accept rate, fraction of different-identity
+  pairs accepted) over all thresholds,
+* TAR at a fixed FAR, and the equal error rate (EER) where FAR = 1 - TAR.
+
+Identification ("who is this?") is measured with closed-set rank-1 accuracy:
+each probe takes the label of its most similar gallery image.
+
+Every function accepts anything ``np.asarray`` understands, so CuPy
+embeddings must be moved to the host first (``cupy.asnumpy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "normalize_embeddings",
+    "fuse_mirror",
+    "pair_scores",
+    "best_threshold",
+    "kfold_verification",
+    "roc_curve",
+    "tar_at_far",
+    "equal_error_rate",
+    "identification_top1",
+    "evaluate_verification",
+    "far_key",
+]
+
+
+# --------------------------------------------------------------------------
+# Input validation
+# --------------------------------------------------------------------------
+
+
+def _check_embeddings(emb: np.ndarray, name: str = "emb") -> np.ndarray:
+    """Return ``emb`` as a 2-D float array, or raise ValueError."""
+    emb = np.asarray(emb)
+    if emb.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {emb.shape}")
+    if not np.issubdtype(emb.dtype, np.floating):
+        emb = emb.astype(np.float64)
+    if not np.all(np.isfinite(emb)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return emb
+
+
+def _check_indices(idx: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Return ``idx`` as an integer array of valid row indices into ``n`` rows."""
+    idx = np.asarray(idx)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name} must contain integer indices, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64)
+    # Negative indices are refused on purpose: with numpy they would silently
+    # wrap around to the end of the array and pick the wrong image.
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(
+            f"{name} indices out of range: must lie in [0, {n}), "
+            f"got min {idx.min()} and max {idx.max()}"
+        )
+    return idx
+
+
+def _check_same(same: np.ndarray, n: int) -> np.ndarray:
+    """Return the same/different labels as a boolean array of length ``n``."""
+    same = np.asarray(same)
+    if same.ndim != 1:
+        raise ValueError(f"same must be a 1-D array, got shape {same.shape}")
+    if same.shape[0] != n:
+        raise ValueError(f"scores and same have mismatched lengths: {n} vs {same.shape[0]}")
+    if same.dtype != np.bool_:
+        if not np.all(np.isin(same, (0, 1))):
+            raise ValueError("same must be boolean or contain only 0 and 1")
+        same = same.astype(bool)
+    return same
+
+
+def _check_scores_same(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate pair scores and same/different labels for a verification metric.
+
+    Returns ``scores`` as float64 (P,) and ``same`` as bool (P,). Raises
+    ValueError for a wrong shape, mismatched lengths, NaN/inf scores, or a set
+    with no same-identity or no different-identity pair (TAR and FAR would
+    then divide by zero, and a threshold could not be fitted meaningfully).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a 1-D array, got shape {scores.shape}")
+    same = _check_same(same, scores.shape[0])
+    if np.any(np.isnan(scores)):
+        raise ValueError("scores contain NaN")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain inf")
+    if not np.any(same):
+        raise ValueError("need at least one same-identity pair, got none")
+    if np.all(same):
+        raise ValueError("need at least one different-identity pair, got none")
+    return scores, same
+
+
+# --------------------------------------------------------------------------
+# Embeddings and pair scores
+# --------------------------------------------------------------------------
+
+
+def normalize_embeddings(emb: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """L2-normalise each row: ``x / max(||x||, eps)``.
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+        Embeddings, one per row.
+    eps : float
+        Lower bound on the norm, so that an all-zero row stays zero instead
+        of becoming NaN (0 / 0).
+
+    Returns
+    -------
+    ndarray, shape (N, D)
+        Rows of unit length (zero rows stay zero).
+    """
+    emb = _check_embeddings(emb)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.maximum(norms, eps)
+
+
+def fuse_mirror(emb: np.ndarray, emb_mirror: np.ndarray) -> np.ndarray:
+    """Fuse the embeddings of images and their horizontal mirrors.
+
+    The AM-Softmax deploy network embeds both an image and its left-right
+    flip and uses ``normalize(f(x) + f(flip(x)))``: the sum averages out
+    small asymmetries (pose, lighting) that the identity does not depend on.
+
+    Parameters
+    ----------
+    emb, emb_mirror : array_like, shape (N, D)
+        Embeddings of the images and of their mirrored copies, row-aligned.
+
+    Returns
+    -------
+    ndarray, shape (N, D)
+        L2-normalised sum of the two embeddings.
+    """
+    emb = _check_embeddings(emb)
+    emb_mirror = _check_embeddings(emb_mirror, "emb_mirror")
+    if emb.shape != emb_mirror.shape:
+        raise ValueError(
+            f"emb and emb_mirror have mismatched shapes: {emb.shape} vs {emb_mirror.shape}"
+        )
+    return normalize_embeddings(emb + emb_mirror)
+
+
+def pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the two images of each pair.
+
+    ``score[p] = <e[i_p], e[j_p]>`` with ``e`` the L2-normalised embeddings
+    and ``(i_p, j_p) = pairs[p]``.
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+        Embeddings of all images.
+    pairs : array_like of int, shape (P, 2)
+        Row indices into ``emb`` of the two images of each pair.
+
+    Returns
+    -------
+    ndarray, shape (P,)
+        Cosine similarity of each pair, in [-1, 1].
+    """
+    emb = normalize_embeddings(emb)
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (P, 2), got {pairs.shape}")
+    pairs = _check_indices(pairs, emb.shape[0], "pairs")
+    # Row-wise dot product of the two (P, D) blocks, without forming a P x P matrix.
+    return np.einsum("pd,pd->p", emb[pairs[:, 0]], emb[pairs[:, 1]])
+
+
+# --------------------------------------------------------------------------
+# Thresholds and verification accuracy
+# --------------------------------------------------------------------------
+
+
+def _threshold_accuracy(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy of ``score >= t`` for every candidate threshold ``t``.
+
+    With ``u_0 < u_1 < ... < u_{m-1}`` the distinct scores, the candidates are
+    ``u_0 - 1`` (accept everything), the midpoints ``(u_{i-1} + u_i) / 2``,
+    and ``u_{m-1} + 1`` (reject everything): one threshold per way of cutting
+    the sorted scores, so no other threshold can reach a different accuracy.
+
+    Candidate ``i`` accepts exactly the scores ``>= u_i``, hence
+
+        correct_i = #{same pairs with score >= u_i} + #{different pairs with score < u_i},
+
+    both read off cumulative sums of per-distinct-score counts: O(P log P)
+    for the sort instead of O(P^2) for re-thresholding every candidate.
+
+    Returns
+    -------
+    thresholds : ndarray, shape (m + 1,)
+        Candidate thresholds, ascending.
+    accuracy : ndarray, shape (m + 1,)
+        Fraction of correctly classified pairs for each candidate.
+    """
+    uniq, inverse = np.unique(scores, return_inverse=True)
+    n_same_at = np.bincount(inverse, weights=same, minlength=uniq.size)
+    n_diff_at = np.bincount(inverse, weights=~same, minlength=uniq.size)
+
+    # Prepend 0 so that entry i counts the scores strictly below u_i.
+    same_below = np.concatenate(([0.0], np.cumsum(n_same_at)))
+    diff_below = np.concatenate(([0.0], np.cumsum(n_diff_at)))
+    correct = (same_below[-1] - same_below) + diff_below
+
+    thresholds = np.concatenate(([uniq[0] - 1.0], (uniq[:-1] + uniq[1:]) / 2, [uniq[-1] + 1.0]))
+    return thresholds, correct / scores.size
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold that maximises the accuracy of predicting "same" when ``score >= t``.
+
+    The candidates are the midpoints between consecutive distinct scores plus
+    ``min(scores) - 1`` (accept all) and ``max(scores) + 1`` (reject all);
+    see ``_threshold_accuracy``. Runs in O(P log P).
+
+    Ties: when several thresholds reach the best accuracy, the **smallest**
+    one wins (the most permissive rule among the best).
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair similarity scores.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+
+    Returns
+    -------
+    float
+        The chosen threshold.
+    """
+    scores, same = _check_scores_same(scores, same)
+    thresholds, accuracy = _threshold_accuracy(scores, same)
+    # np.argmax returns the first maximum, i.e. the smallest threshold.
+    return float(thresholds[np.argmax(accuracy)])
+
+
+def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
+    """K-fold verification accuracy (the LFW "unrestricted" protocol).
+
+    For each fold ``k`` the threshold is fitted with ``best_threshold`` on the
+    pairs of all *other* folds, and the accuracy of ``score >= t`` is measured
+    on fold ``k``: the test pairs never influence their own threshold.
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair similarity scores.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+    folds : array_like of int, shape (P,)
+        Fold number of each pair (LFW: 10 folds of 600 pairs). At least two
+        distinct values are needed.
+
+    Returns
+    -------
+    dict
+        ``accuracies`` : ndarray (K,), test accuracy of each fold, in the
+        order of the sorted fold numbers;
+        ``thresholds`` : ndarray (K,), threshold fitted for each fold;
+        ``mean`` : float, mean of ``accuracies``;
+        ``std`` : float, population standard deviation of ``accuracies``
+        (``np.std`` with ``ddof=0``, as in the common LFW evaluation code).
+    """
+    scores, same = _check_scores_same(scores, same)
+    folds = np.asarray(folds)
+    if folds.ndim != 1 or folds.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"folds must be a 1-D array with one entry per pair ({scores.shape[0]}), "
+            f"got shape {folds.shape}"
+        )
+    if not np.issubdtype(folds.dtype, np.integer):
+        raise ValueError(f"folds must contain integer fold numbers, got dtype {folds.dtype}")
+    fold_ids = np.unique(folds)
+    if fold_ids.size < 2:
+        raise ValueError(f"need at least 2 folds, got {fold_ids.size}")
+
+    accuracies = np.empty(fold_ids.size)
+    thresholds = np.empty(fold_ids.size)
+    for k, fold in enumerate(fold_ids):
+        test = folds == fold
+        thresholds[k] = best_threshold(scores[~test], same[~test])
+        accuracies[k] = np.mean((scores[test] >= thresholds[k]) == same[test])
+    return {
+        "accuracies": accuracies,
+        "thresholds": thresholds,
+        "mean": float(accuracies.mean()),
+        "std": float(accuracies.std(ddof=0)),
+    }
+
+
+# --------------------------------------------------------------------------
+# ROC, TAR@FAR, EER
+# --------------------------------------------------------------------------
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Receiver operating characteristic of the rule ``score >= t``.
+
+    For a threshold ``t``
+
+        TAR(t) = #{same pairs with score >= t} / #same        (true accept rate)
+        FAR(t) = #{different pairs with score >= t} / #different  (false accept rate)
+
+    The thresholds are ``+inf`` (accept nothing: the point (0, 0)) followed by
+    every distinct score in descending order; the last one, the smallest
+    score, accepts every pair: the point (1, 1). Pairs with tied scores are
+    accepted together, so a tie between a same and a different pair gives a
+    diagonal step, and there is exactly one ROC point per distinct score.
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair similarity scores.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+
+    Returns
+    -------
+    far : ndarray, shape (m + 1,)
+        False accept rate, non-decreasing from 0 to 1.
+    tar : ndarray, shape (m + 1,)
+        True accept rate, non-decreasing from 0 to 1.
+    thresholds : ndarray, shape (m + 1,)
+        ``[inf, u_{m-1}, ..., u_0]`` with ``u`` the distinct scores.
+    """
+    scores, same = _check_scores_same(scores, same)
+    uniq, inverse = np.unique(scores, return_inverse=True)
+    # Counts per distinct score, reversed so that index 0 is the highest score.
+    n_same_at = np.bincount(inverse, weights=same, minlength=uniq.size)[::-1]
+    n_diff_at = np.bincount(inverse, weights=~same, minlength=uniq.size)[::-1]
+    # Lowering the threshold to a score accepts every pair with that score.
+    tp = np.concatenate(([0.0], np.cumsum(n_same_at)))
+    fp = np.concatenate(([0.0], np.cumsum(n_diff_at)))
+    thresholds = np.concatenate(([np.inf], uniq[::-1]))
+    return fp / fp[-1], tp / tp[-1], thresholds
+
+
+def tar_at_far(
+    scores: np.ndarray, same: np.ndarray, fars: Sequence[float] = (1e-2, 1e-3)
+) -> dict[float, float]:
+    """True accept rate at a fixed false accept rate.
+
+    For each target FAR, the result is the largest TAR among the thresholds
+    whose FAR does not exceed the target, i.e. the threshold is chosen so that
+    at most ``floor(target * D)`` of the ``D`` different-identity pairs are
+    accepted (a relative tolerance of 1e-9 absorbs rounding in
+    ``target * D``, so 1e-3 with 1000 impostors allows exactly one).
+
+    Resolution: with ``D`` different pairs, FAR only takes the values
+    ``0, 1/D, 2/D, ...``, so the smallest non-zero FAR that can be measured
+    is ``1/D`` (3000 different pairs -> 3.3e-4). A target below ``1/D``
+    allows no impostor at all: the result is the TAR at FAR = 0, i.e. with
+    the threshold above every impostor score (0 when the best impostor
+    scores at least as high as every genuine pair).
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair similarity scores.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+    fars : sequence of float
+        Target false accept rates, each in [0, 1].
+
+    Returns
+    -------
+    dict
+        ``{target_far: tar}`` with float keys and float values in [0, 1].
+    """
+    far, tar, _ = roc_curve(scores, same)
+    n_diff = int(np.count_nonzero(~np.asarray(same, dtype=bool)))
+    false_accepts = np.rint(far * n_diff)  # exact integer counts of accepted impostors
+    result = {}
+    for target in fars:
+        target = float(target)
+        if not 0.0 <= target <= 1.0:
+            raise ValueError(f"target FAR must lie in [0, 1], got {target}")
+        allowed = np.floor(target * n_diff * (1 + 1e-9))
+        # FAR (and TAR) only grow along the ROC, so the last admissible
+        # point has the largest TAR; point 0, (0, 0), is always admissible.
+        last = np.searchsorted(false_accepts, allowed, side="right") - 1
+        result[target] = float(tar[last])
+    return result
+
+
+def equal_error_rate(scores: np.ndarray, same: np.ndarray) -> float:
+    """Equal error rate: the error where FAR equals FRR = 1 - TAR.
+
+    Along the ROC (thresholds descending) ``FAR - FRR`` rises from -1 to +1.
+    The EER is found on the first ROC segment where it becomes >= 0, by
+    linear interpolation between the segment's two end points ``a`` and ``b``:
+
+        d = FAR - FRR,   alpha = -d_a / (d_b - d_a),
+        EER = FAR_a + alpha * (FAR_b - FAR_a)
+
+    (the same value as FRR interpolated at that point).
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair similarity scores.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+
+    Returns
+    -------
+    float
+        EER in [0, 1]; 0 for perfectly separated scores.
+    """
+    far, tar, _ = roc_curve(scores, same)
+    d = far - (1.0 - tar)
+    b = int(np.argmax(d >= 0))  # exists: the last point (1, 1) has d = 1
+    if d[b] == 0:
+        return float(far[b])
+    a = b - 1  # b >= 1 because the first point (0, 0) has d = -1
+    alpha = -d[a] / (d[b] - d[a])
+    return float(far[a] + alpha * (far[b] - far[a]))
+
+
+# --------------------------------------------------------------------------
+# Identification
+# --------------------------------------------------------------------------
+
+
+def identification_top1(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    gallery: np.ndarray,
+    probes: np.ndarray,
+    chunk_size: int = 4096,
+) -> float:
+    """Closed-set rank-1 identification accuracy.
+
+    Each probe is assigned the label of its most similar gallery image,
+
+        pred(q) = labels[g*],   g* = argmax_g <e_q, e_g>,
+
+    with ``e`` the L2-normalised embeddings, and the accuracy is the fraction
+    of probes whose prediction equals their own label. The similarities are
+    one matrix product per chunk of ``chunk_size`` probes, which bounds the
+    memory at ``chunk_size * len(gallery)`` floats. When several gallery
+    images tie, the first one in ``gallery`` order wins (``np.argmax``).
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+        Embeddings of all images.
+    labels : array_like of int, shape (N,)
+        Identity of each image.
+    gallery : array_like of int, shape (G,)
+        Indices into ``emb`` of the enrolled images.
+    probes : array_like of int, shape (Q,)
+        Indices into ``emb`` of the query images. Must be disjoint from
+        ``gallery`` (a probe would trivially find itself), and every probe
+        identity must be enrolled in the gallery (closed set).
+    chunk_size : int
+        Number of probes per matrix product.
+
+    Returns
+    -------
+    float
+        Rank-1 accuracy in [0, 1].
+    """
+    emb = normalize_embeddings(emb)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
+        raise ValueError(
+            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
+            f"got shape {labels.shape}"
+        )
+    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
+    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
+    if gallery.size == 0 or probes.size == 0:
+        raise ValueError("gallery and probes must both be non-empty")
+    if np.intersect1d(gallery, probes).size:
+        raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
+    if not np.all(np.isin(labels[probes], labels[gallery])):
+        raise ValueError("closed-set identification: every probe identity must appear in the gallery")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+
+    gallery_emb_t = emb[gallery].T  # (D, G)
+    gallery_labels = labels[gallery]
+    n_correct = 0
+    for start in range(0, probes.size, chunk_size):
+        chunk = probes[start : start + chunk_size]
+        sims = emb[chunk] @ gallery_emb_t  # (chunk, G) cosine similarities
+        predicted = gallery_labels[np.argmax(sims, axis=1)]
+        n_correct += int(np.count_nonzero(predicted == labels[chunk]))
+    return n_correct / probes.size
+
+
+# --------------------------------------------------------------------------
+# Everything at once
+# --------------------------------------------------------------------------
+
+
+def far_key(far: float) -> str:
+    """JSON-friendly key for a target FAR: ``1e-2 -> "1e-2"``, ``1.5e-3 -> "1.5e-3"``."""
+    return np.format_float_scientific(float(far), trim="-", exp_digits=1)
+
+
+def evaluate_verification(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    pairs: np.ndarray,
+    pair_same: np.ndarray,
+    pair_fold: np.ndarray,
+    gallery: np.ndarray,
+    probes: np.ndarray,
+    fars: Sequence[float] = (1e-2, 1e-3),
+) -> tuple[dict, np.ndarray]:
+    """Run every protocol of this module on one set of embeddings.
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+        Embeddings of all images (e.g. from ``fuse_mirror``).
+    labels : array_like of int, shape (N,)
+        Identity of each image.
+    pairs : array_like of int, shape (P, 2)
+        Verification pairs, as row indices into ``emb``.
+    pair_same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+    pair_fold : array_like of int, shape (P,)
+        Fold number of each pair for ``kfold_verification``.
+    gallery, probes : array_like of int, shapes (G,) and (Q,)
+        Disjoint index sets for ``identification_top1``.
+    fars : sequence of float
+        Target FARs for ``tar_at_far``.
+
+    Returns
+    -------
+    metrics : dict
+        Plain Python floats, ints and lists, ready for ``json.dump``:
+        ``verification_accuracy`` (mean k-fold accuracy),
+        ``verification_accuracy_std`` (ddof=0), ``fold_accuracies``,
+        ``fold_thresholds``, ``tar_at_far`` (string keys made by ``far_key``,
+        e.g. ``{"1e-2": ..., "1e-3": ...}``, because JSON object keys must be
+        strings), ``eer``, ``identification_top1``, ``num_pairs``,
+        ``num_same_pairs``, ``num_different_pairs``.
+    scores : ndarray, shape (P,)
+        Pair cosine similarities, for plotting the ROC curve or histograms
+        (the curve itself is too large to belong in the metrics).
+    """
+    scores = pair_scores(emb, pairs)
+    same = _check_same(pair_same, scores.shape[0])
+    kfold = kfold_verification(scores, same, pair_fold)
+    tars = tar_at_far(scores, same, fars)
+    metrics = {
+        "verification_accuracy": kfold["mean"],
+        "verification_accuracy_std": kfold["std"],
+        "fold_accuracies": kfold["accuracies"].tolist(),
+        "fold_thresholds": kfold["thresholds"].tolist(),
+        "tar_at_far": {far_key(far): tar for far, tar in tars.items()},
+        "eer": equal_error_rate(scores, same),
+        "identification_top1": identification_top1(emb, labels, gallery, probes),
+        "num_pairs": int(scores.shape[0]),
+        "num_same_pairs": int(np.count_nonzero(same)),
+        "num_different_pairs": int(np.count_nonzero(~same)),
+    }
+    return metrics, scores

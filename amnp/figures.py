@@ -1,0 +1,328 @@
+"""PNG figures for training and evaluation, drawn without a display.
+
+Every function builds a ``matplotlib.figure.Figure`` directly instead of
+going through ``matplotlib.pyplot``: such a figure is rendered by the Agg
+(PNG) canvas when saved, never registers with pyplot, and so neither needs a
+display nor changes the backend or the open figures of a user who works with
+pyplot at the same time (e.g. in a notebook). Each function creates the
+parent directory of ``path``, writes the PNG, and returns the path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_training_curves",
+    "plot_roc",
+    "plot_pair_histograms",
+    "plot_sample_grid",
+    "plot_features_on_circle",
+]
+
+_DPI = 120
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    """Write ``fig`` to ``path`` as PNG (creating the directory) and return the path."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+    # Not registered with pyplot, so there is nothing to close: dropping the
+    # last reference frees the figure. Clearing it releases the memory now.
+    fig.clear()
+    return path
+
+
+def plot_training_curves(records: Sequence[Mapping], path: str | os.PathLike) -> str:
+    """Training curves: loss, margin-free accuracy and mean target cosine vs step.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        One dict per logged step with (some of) the keys ``step``, ``loss``,
+        ``accuracy`` (accuracy of the argmax of the margin-free logits),
+        ``mean_target_cosine`` (mean cos(theta_y) between features and their
+        class weight) and ``lr``. A key may be missing or None in some
+        records: each curve uses the records that have it. A record without
+        ``step`` is placed at its position in the list.
+    path : str or PathLike
+        Output PNG file.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+
+    def series(key):
+        pairs = [
+            (rec.get("step", i), rec[key])
+            for i, rec in enumerate(records)
+            if rec.get(key) is not None
+        ]
+        if not pairs:
+            return None, None
+        steps, values = zip(*pairs)
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+    panels = [
+        ("loss", "loss", "AM-Softmax loss"),
+        ("accuracy", "accuracy", "margin-free accuracy"),
+        ("mean_target_cosine", "mean cos(theta_y)", "mean target cosine"),
+    ]
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
+    for ax, (key, ylabel, title) in zip(axes, panels):
+        steps, values = series(key)
+        if steps is None:
+            ax.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.plot(steps, values, color="tab:blue", marker="." if len(steps) < 50 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+
+    # The learning rate explains bends in the loss, so it shares the loss panel
+    # on a second y-axis instead of taking a panel of its own.
+    steps, lr = series("lr")
+    if steps is not None:
+        ax_lr = axes[0].twinx()
+        ax_lr.plot(steps, lr, color="tab:orange", linestyle="--", linewidth=1)
+        ax_lr.set_ylabel("learning rate", color="tab:orange")
+        ax_lr.tick_params(axis="y", colors="tab:orange")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc(
+    far: np.ndarray,
+    tar: np.ndarray,
+    path: str | os.PathLike,
+    tar_at_far: Mapping | None = None,
+    label: str | None = None,
+) -> str:
+    """ROC curve (TAR against FAR) with a logarithmic FAR axis.
+
+    A log axis cannot show FAR = 0, yet the first ROC points usually sit
+    there. They are drawn at half the smallest non-zero FAR, which is the
+    left edge of the plot, so the curve still starts where it should.
+
+    Parameters
+    ----------
+    far, tar : array_like, shape (M,)
+        False and true accept rates, e.g. from ``amnp.evaluation.roc_curve``.
+    path : str or PathLike
+        Output PNG file.
+    tar_at_far : dict, optional
+        ``{far: tar}`` points to mark, with float keys or the string keys of
+        ``evaluate_verification`` (``"1e-3"``).
+    label : str, optional
+        Legend label of the curve.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    far = np.asarray(far, dtype=float)
+    tar = np.asarray(tar, dtype=float)
+    if far.shape != tar.shape or far.ndim != 1:
+        raise ValueError(f"far and tar must be 1-D arrays of equal length, got {far.shape} and {tar.shape}")
+    positive = far[far > 0]
+    floor = positive.min() / 2 if positive.size else 1e-6
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    ax.plot(np.maximum(far, floor), tar, label=label, color="tab:blue")
+    for target, value in (tar_at_far or {}).items():
+        target = float(target)
+        ax.plot(max(target, floor), value, "o", color="tab:red")
+        ax.annotate(
+            f"TAR={value:.3f}\n@FAR={target:g}",
+            (max(target, floor), value),
+            textcoords="offset points",
+            xytext=(6, -24),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("false accept rate (FAR)")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_title("ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    if label is not None:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pair_histograms(
+    scores: np.ndarray,
+    same: np.ndarray,
+    path: str | os.PathLike,
+    threshold: float | None = None,
+) -> str:
+    """Overlaid histograms of same-identity and different-identity pair cosines.
+
+    Both histograms share the bin edges and are normalised to unit area
+    (``density=True``), so the two shapes compare even when the classes have
+    different sizes; the overlap is where verification errs.
+
+    Parameters
+    ----------
+    scores : array_like of float, shape (P,)
+        Pair cosine similarities.
+    same : array_like of bool, shape (P,)
+        True for same-identity pairs.
+    path : str or PathLike
+        Output PNG file.
+    threshold : float, optional
+        Decision threshold, drawn as a vertical line.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    scores = np.asarray(scores, dtype=float)
+    same = np.asarray(same, dtype=bool)
+    if scores.shape != same.shape or scores.ndim != 1:
+        raise ValueError(f"scores and same must be 1-D arrays of equal length, got {scores.shape} and {same.shape}")
+    bins = np.histogram_bin_edges(scores, bins=50)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for mask, name, color in ((same, "same identity", "tab:green"), (~same, "different identity", "tab:red")):
+        if np.any(mask):
+            ax.hist(scores[mask], bins=bins, density=True, alpha=0.5, color=color, label=f"{name} ({mask.sum()})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.3f}")
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title("pair similarity")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sample_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    class_names: Sequence[str] | Mapping | None = None,
+    max_images: int = 64,
+) -> str:
+    """A grid of images, each titled with its label or class name.
+
+    Parameters
+    ----------
+    images : array_like, shape (N, C, H, W) with C = 1 or 3
+        uint8 images are shown as they are (0..255). Float images are
+        min-max scaled per image to [0, 1], because network inputs are often
+        mean-subtracted or standardised and would otherwise be clipped.
+        C = 1 uses a grayscale colormap.
+    labels : array_like of int, shape (N,)
+        Label of each image.
+    path : str or PathLike
+        Output PNG file.
+    class_names : sequence or dict, optional
+        ``class_names[label]`` is used as the title instead of the number.
+    max_images : int
+        Only the first ``max_images`` images are drawn.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, C, H, W) with C = 1 or 3, got {images.shape}")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+    images, labels = images[:max_images], labels[:max_images]
+    n = max(images.shape[0], 1)
+    ncols = math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+
+    if np.issubdtype(images.dtype, np.floating):
+        lo = images.min(axis=(1, 2, 3), keepdims=True)
+        hi = images.max(axis=(1, 2, 3), keepdims=True)
+        # A constant image would divide by zero; it is shown as black instead.
+        images = (images - lo) / np.where(hi > lo, hi - lo, 1.0)
+        vmax = 1.0
+    else:
+        vmax = 255
+    images = images.transpose(0, 2, 3, 1)  # imshow wants (H, W, C)
+
+    fig = Figure(figsize=(1.4 * ncols, 1.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, label in zip(axes, images, labels):
+        if image.shape[2] == 1:
+            ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=vmax)
+        else:
+            # RGB imshow takes no vmin/vmax: floats must be in [0, 1], ints in [0, 255].
+            ax.imshow(image if vmax == 1.0 else image.astype(np.uint8))
+        title = class_names[int(label)] if class_names is not None else str(label)
+        ax.set_title(str(title), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_features_on_circle(features2d: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> str:
+    """2-D features projected onto the unit circle, coloured by class.
+
+    With a 2-D embedding, AM-Softmax's effect is visible directly: after
+    normalisation ``x / ||x||`` every feature is a point on the circle, and the
+    margin pushes each class into a tight arc with gaps between classes.
+
+    Parameters
+    ----------
+    features2d : array_like, shape (N, 2)
+        2-D features (normalised here; zero rows stay at the origin).
+    labels : array_like of int, shape (N,)
+        Class of each feature.
+    path : str or PathLike
+        Output PNG file.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    features2d = np.asarray(features2d, dtype=float)
+    labels = np.asarray(labels)
+    if features2d.ndim != 2 or features2d.shape[1] != 2:
+        raise ValueError(f"features2d must have shape (N, 2), got {features2d.shape}")
+    if labels.shape != features2d.shape[:1]:
+        raise ValueError(f"labels must have shape ({features2d.shape[0]},), got {labels.shape}")
+    norms = np.linalg.norm(features2d, axis=1, keepdims=True)
+    points = features2d / np.maximum(norms, 1e-12)
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    angle = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(np.cos(angle), np.sin(angle), color="lightgray", linewidth=1)
+    classes, class_index = np.unique(labels, return_inverse=True)
+    # Qualitative palette indexed by class number (colours repeat after 20 classes).
+    palette = colormaps["tab10" if classes.size <= 10 else "tab20"]
+    colors = palette(class_index % palette.N)
+    ax.scatter(points[:, 0], points[:, 1], c=colors, s=8, alpha=0.7)
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.15, 1.15)
+    ax.set_ylim(-1.15, 1.15)
+    ax.set_title(f"normalised features ({classes.size} classes)")
+    fig.tight_layout()
+    return _save(fig, path)
