@@ -51,10 +51,14 @@ def same_dtype(where: str, **arrays) -> None:
         raise TypeError(f"{where}: operands must share one dtype, got {listing}")
 
 
+class NonFiniteError(ValueError):
+    """NaN or Inf where finite numbers are needed (a diverging training run raises it)."""
+
+
 def finite(x, where: str, name: str) -> None:
     xp = get_array_module(x)
     if not bool(xp.isfinite(x).all()):
-        raise ValueError(f"{where}: {name} contains NaN or Inf")
+        raise NonFiniteError(f"{where}: {name} contains NaN or Inf")
 
 
 def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None:

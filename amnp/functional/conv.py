@@ -137,7 +137,9 @@ def conv2d_backward(dout, cache: Conv2dCache):
     w = cache.w
     f = w.shape[0]
     dout_mat = dout.transpose(1, 0, 2, 3).reshape(f, -1)
-    dw = (dout_mat @ cache.cols.T).reshape(w.shape)
+    # cols @ dout_matᵀ, transposed, rather than dout_mat @ colsᵀ: the same product, but BLAS
+    # is several times faster with the long N·Ho·Wo axis as the inner dimension this way round.
+    dw = (cache.cols @ dout_mat.T).T.reshape(w.shape)
     dcols = w.reshape(f, -1).T @ dout_mat
     dx_padded = col2im(dcols, cache.x_padded_shape, w.shape[2:], cache.stride, dout.shape[2:])
     dx = crop_padding(dx_padded, cache.padding)
