@@ -1,8 +1,9 @@
 """Shared test settings.
 
 Hypothesis profiles, chosen with AMNP_HYPOTHESIS_PROFILE:
-- ``quick`` (default): few examples, for development;
-- ``ci``: derandomized (the same examples every run), a moderate number;
+- ``quick`` (default on a workstation): few examples, for development;
+- ``ci`` (default where the CI environment variable is set): derandomized, so
+  every CI run draws the same examples, and a moderate number of them;
 - ``thorough``: many examples, for a gradient study.
 """
 import os
@@ -18,7 +19,8 @@ settings.register_profile(
 settings.register_profile(
     "thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("AMNP_HYPOTHESIS_PROFILE", "quick"))
+settings.load_profile(
+    os.environ.get("AMNP_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "quick"))
 
 
 @pytest.fixture
