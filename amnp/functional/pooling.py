@@ -67,7 +67,7 @@ def max_pool2d_backward(dout, cache: MaxPoolCache):
     for i in range(kh):
         for j in range(kw):
             rows, columns = window_slice(i, j, out_hw, cache.stride)
-            dx_padded[:, :, rows, columns] += xp.where(cache.argmax == i * kw + j, dout, 0)
+            dx_padded[:, :, rows, columns] += dout * (cache.argmax == i * kw + j)
     return crop_padding(dx_padded, cache.padding)
 
 
