@@ -18,7 +18,7 @@ import time
 
 from . import checkpoint, figures
 from .backend import set_backend
-from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, read_metrics
+from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -31,14 +31,12 @@ def open_dataset(spec: str, seed: int):
     """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset."""
     from . import data
 
-    kind, _, path = spec.partition(":")
-    if kind == "glyphs" and not path:
+    kind, path = parse_dataset_spec(spec)
+    if kind == "glyphs":
         return data.load_glyphs(seed=seed)
-    if kind == "folder" and path:
+    if kind == "folder":
         return data.load_folder_dataset(path, seed=seed)
-    if kind == "mnist" and path:
-        return data.load_mnist_dataset(path, seed=seed)
-    raise UsageError(f"unknown dataset {spec!r}; expected glyphs, folder:PATH or mnist:PATH")
+    return data.load_mnist_dataset(path, seed=seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings before any data is loaded or any file written."""
+        parse_dataset_spec(self.dataset)
         if self.model not in models.PRESETS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(models.PRESETS)}")
         if self.loss not in LOSSES:
@@ -91,6 +92,17 @@ class TrainConfig:
         if self.iters is not None:
             return int(self.iters)
         return max(1, math.ceil(self.epochs * steps_per_epoch(num_train_images, self.batch_size)))
+
+
+DATASET_KINDS = ("glyphs", "folder:PATH", "mnist:PATH")
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str]:
+    """"glyphs" -> ("glyphs", ""), "folder:PATH" -> ("folder", PATH), "mnist:PATH" -> ("mnist", PATH)."""
+    kind, _, path = spec.partition(":")
+    if (kind == "glyphs" and not path) or (kind in ("folder", "mnist") and path):
+        return kind, path
+    raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASET_KINDS)}")
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
@@ -137,6 +149,9 @@ class Trainer:
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
+        if config.batch_size > self.num_train:
+            raise ValueError(
+                f"batch-size {config.batch_size} is larger than the {self.num_train} training images")
         self.total_steps = config.total_steps(self.num_train)
         self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size)
         self.schedule = scaled_paper_schedule(self.total_steps, config.lr, min(config.warmup, self.total_steps))

@@ -1,0 +1,171 @@
+"""The trainer and the CLI on a tiny synthetic dataset: files, resume, divergence, Ctrl-C, bad input."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from amnp import cli
+from amnp.data import VerificationDataset
+from amnp.training import TrainConfig, Trainer, TrainingDiverged
+
+
+def tiny_dataset(num_classes=6, per_class=8, test_ids=6, per_test=4, size=16, mirror=False, seed=0):
+    """Noisy copies of random prototypes: enough structure to learn, small enough to be fast."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, (num_classes + test_ids, 1, size, size))
+
+    def draw(ids):
+        noisy = prototypes[ids] + rng.normal(0, 30, (len(ids), 1, size, size))
+        return np.clip(noisy, 0, 255).astype(np.uint8)
+
+    train_labels = np.repeat(np.arange(num_classes), per_class)
+    test_labels = np.repeat(np.arange(test_ids), per_test)
+    same = [(i * per_test, i * per_test + 1 + f % (per_test - 1)) for f in range(10) for i in range(2)]
+    different = [(i * per_test, ((i + 1 + f % (test_ids - 1)) % test_ids) * per_test)
+                 for f in range(10) for i in range(2)]
+    pairs = np.array([p for f in range(10) for p in same[2 * f:2 * f + 2] + different[2 * f:2 * f + 2]])
+    pair_same = np.tile([True, True, False, False], 10)
+    gallery = np.arange(test_ids) * per_test
+    return VerificationDataset(
+        name="tiny", train_images=draw(train_labels), train_labels=train_labels,
+        test_images=draw(num_classes + test_labels), test_labels=test_labels,
+        pairs=pairs, pair_same=pair_same, pair_fold=np.repeat(np.arange(10), 4),
+        gallery=gallery, probes=np.setdiff1d(np.arange(len(test_labels)), gallery),
+        mirror=mirror, class_names=[f"c{i}" for i in range(num_classes)])
+
+
+def config(**overrides):
+    settings = dict(iters=12, batch_size=8, s=8.0, log_every=2, checkpoint_every=4, warmup=2)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_resumed_run_ends_with_exactly_the_parameters_of_the_uninterrupted_run(tmp_path):
+    dataset = tiny_dataset(mirror=True)
+    straight = Trainer(config(), dataset, str(tmp_path / "a"), progress=False)
+    os.makedirs(tmp_path / "a")
+    assert straight.train() == "finished"
+
+    os.makedirs(tmp_path / "b")
+    first = Trainer(config(), dataset, str(tmp_path / "b"), progress=False)
+    assert first.train(stop_at=5) == "stopped"
+    second = Trainer(config(), dataset, str(tmp_path / "b"), progress=False)
+    second.resume()
+    assert second.step == 5
+    assert second.train() == "finished"
+    for name, value in straight.model.state_dict().items():
+        np.testing.assert_array_equal(second.model.state_dict()[name], value, err_msg=name)
+    steps = [r["step"] for r in map(json.loads, open(tmp_path / "b" / "metrics.jsonl"))]
+    assert steps == [2, 4, 5, 6, 8, 10, 12]
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    forward = trainer.model.head.forward
+
+    def poisoned(embeddings, labels):
+        return float("nan") if trainer.step == 6 else forward(embeddings, labels)
+
+    monkeypatch.setattr(trainer.model.head, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="diverged at step 6: the loss is nan; the last good checkpoint"):
+        trainer.train()
+    from amnp import checkpoint
+    _, _, meta = checkpoint.read(tmp_path / "checkpoint.npz")
+    assert meta["step"] == 4
+
+
+def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    step = trainer.train_step
+
+    def interrupted_step(t):
+        if t == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(t)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    assert trainer.train() == "interrupted"
+    from amnp import checkpoint
+    assert checkpoint.read(tmp_path / "checkpoint.npz")[2]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch):
+    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed: tiny_dataset(seed=seed))
+
+
+def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_cli, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "8", "--batch-size", "8", "--s", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out verification accuracy" in printed
+    for name in ["config.json", "metrics.jsonl", "checkpoint.npz", "eval.json", "figures/roc.png",
+                 "figures/pair_cosines.png", "figures/training_curves.png", "figures/samples.png"]:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "eval.json").read_text())
+    for key in ["verification_accuracy", "verification_accuracy_std", "tar_at_far", "eer", "identification_top1"]:
+        assert key in metrics
+    assert cli.main(["eval", str(out)]) == 0
+    assert json.loads((out / "eval.json").read_text())["verification_accuracy"] == metrics["verification_accuracy"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--m", "-0.1"], "margin m must be a finite number >= 0"),
+    (["--s", "0"], "scale s must be a finite number > 0"),
+    (["--batch-size", "0"], "batch-size must be a positive integer"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--loss", "arcface"], "unknown loss 'arcface'"),
+    (["--iters", "0"], "iters must be a positive integer"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "folder:"], "unknown dataset 'folder:'"),
+    (["--batch-size", "100"], "batch-size 100 is larger than the 48 training images"),
+])
+def test_cli_bad_options(tmp_path, tiny_cli, capsys, arguments, message):
+    arguments = ["--batch-size", "8", *arguments]  # the last --batch-size wins
+    assert cli.main(["train", "--out", str(tmp_path / "run"), *arguments]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_missing_dataset_path(tmp_path, capsys):
+    code = cli.main(["train", "--dataset", f"folder:{tmp_path / 'nowhere'}", "--out", str(tmp_path / "run")])
+    assert code == cli.EXIT_BAD_INPUT
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_never_overwrites_a_previous_run(tmp_path, tiny_cli, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "2", "--batch-size", "8", "--out", str(out), "--no-eval"]) == 0
+    saved = (out / "checkpoint.npz").read_bytes()
+    assert cli.main(["train", "--iters", "2", "--batch-size", "8", "--out", str(out)]) == cli.EXIT_BAD_INPUT
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").read_bytes() == saved
+
+
+def test_cli_resume_refuses_a_checkpoint_from_another_model(tmp_path, tiny_cli, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "4", "--batch-size", "8", "--out", str(out), "--stop-at", "2"]) == 0
+    saved = (out / "checkpoint.npz").read_bytes()
+    settings = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(settings, loss="softmax")))
+    assert cli.main(["train", "--resume", str(out)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "head.classifier.bias" in err
+    assert (out / "checkpoint.npz").read_bytes() == saved
+
+
+def test_cli_truncated_checkpoint(tmp_path, tiny_cli, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "2", "--batch-size", "8", "--out", str(out), "--no-eval"]) == 0
+    data = (out / "checkpoint.npz").read_bytes()
+    (out / "checkpoint.npz").write_bytes(data[:100])
+    assert cli.main(["eval", str(out)]) == cli.EXIT_BAD_INPUT
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path / "nothing")]) == cli.EXIT_BAD_INPUT
+    assert "not a run directory" in capsys.readouterr().err
