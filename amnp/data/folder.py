@@ -1,0 +1,392 @@
+"""Real face data: an image-folder tree, and LFW's ``pairs.txt`` protocol.
+
+Layout expected by `load_image_folder`::
+
+    root/
+        Alice/  img1.jpg  img2.png ...
+        Bob/    ...
+
+one sub-directory per identity, PNG or JPEG files inside (extensions in any
+case).  LFW (``lfw/<name>/<name>_0001.jpg``) has exactly this layout, so a
+downloaded LFW copy works both as an image folder and with its pairs.txt.
+Images are read with Pillow (installed with matplotlib).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from .dataset import VerificationDataset, make_gallery_probes, make_pairs_protocol
+
+__all__ = ["ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder",
+           "load_lfw_pairs", "resize_bilinear"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class ImageFolder(NamedTuple):
+    """Result of `load_image_folder`.
+
+    images : uint8 array, shape (N, C, H, W)
+    labels : int64 array, shape (N,), indices into ``class_names``
+    class_names : list of str, the identity directory names, sorted
+    paths : list of str, the file of each image
+    skipped : int, number of image files that could not be read
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list
+    paths: list
+    skipped: int
+
+
+class LFWPairs(NamedTuple):
+    """Result of `load_lfw_pairs`, ready for a `VerificationDataset`.
+
+    test_images : uint8 array, shape (M, C, H, W), each referenced image once
+    test_labels : int64 array, shape (M,), indices into ``identity_names``
+    pairs : int64 array, shape (P, 2), indices into ``test_images``
+    pair_same : bool array, shape (P,)
+    pair_fold : int64 array, shape (P,)
+    identity_names : list of str, sorted
+    paths : list of str, the file of each image in ``test_images``
+    """
+
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    pairs: np.ndarray
+    pair_same: np.ndarray
+    pair_fold: np.ndarray
+    identity_names: list
+    paths: list
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize one image with bilinear interpolation.
+
+    Pixel centres are aligned like most image libraries do (source
+    coordinate ``(i + 0.5) * H / h - 0.5``).  Strong downscaling aliases;
+    that is acceptable for resizing face crops to a network input.
+
+    Parameters
+    ----------
+    image : uint8 array, shape (C, H, W)
+    size : (h, w)
+
+    Returns
+    -------
+    uint8 array, shape (C, h, w)
+    """
+    _, height, width = image.shape
+    h, w = size
+
+    def axis(n_out, n_in):
+        coord = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(coord).astype(np.intp)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, (coord - low).astype(np.float32)
+
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    img = image.astype(np.float32)
+    rows = img[:, y0] * (1 - fy)[:, None] + img[:, y1] * fy[:, None]   # (C, h, W)
+    out = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx               # (C, h, w)
+    return np.round(out).astype(np.uint8)
+
+
+def _read_image(path: Path, grayscale: bool, image_size) -> np.ndarray:
+    """Read one image as uint8 (C, H, W), resized to ``image_size`` if given.
+
+    Raises OSError, ValueError or SyntaxError (what Pillow raises) when the
+    file cannot be decoded.
+    """
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L" if grayscale else "RGB"))
+    pixels = pixels[None] if grayscale else pixels.transpose(2, 0, 1)
+    # Resizing right away keeps memory at the target size (LFW: 13k images).
+    if image_size is not None and pixels.shape[1:] != tuple(image_size):
+        pixels = resize_bilinear(pixels, image_size)
+    return pixels
+
+
+def _stack(images: list[np.ndarray], paths: list[str], where) -> np.ndarray:
+    """Stack (C, H, W) images into (N, C, H, W); they must have the same size."""
+    shapes = {img.shape[1:] for img in images}
+    if len(shapes) > 1:
+        first = images[0].shape[1:]
+        other = next(i for i, img in enumerate(images) if img.shape[1:] != first)
+        raise ValueError(
+            f"images under {where} have different sizes ({first[0]}x{first[1]} in {paths[0]}, "
+            f"{images[other].shape[1]}x{images[other].shape[2]} in {paths[other]}); "
+            "pass image_size=(H, W) to resize them")
+    return np.stack(images)
+
+
+def load_image_folder(root, image_size=None, grayscale: bool = False) -> ImageFolder:
+    """Read an identity-per-directory image tree.
+
+    Identities are the sub-directories of ``root`` in sorted order, images the
+    ``.png/.jpg/.jpeg`` files inside (sorted by name); hidden files and other
+    extensions are ignored.  Files that cannot be decoded are skipped,
+    counted in ``skipped`` and reported with a warning; an identity whose
+    images are all unreadable is left out.
+
+    Parameters
+    ----------
+    root : path
+    image_size : (H, W), optional
+        Resize every image to this size (bilinear).  Without it, all images
+        must already have the same size.
+    grayscale : bool
+        Read as 1 channel instead of RGB (3 channels).
+
+    Returns
+    -------
+    ImageFolder(images uint8 (N, C, H, W), labels int64 (N,), class_names,
+    paths, skipped)
+
+    Raises
+    ------
+    ValueError
+        ``root`` missing or not a directory, no image files, none readable,
+        or images of different sizes without ``image_size``.
+    """
+    root = Path(root).expanduser()
+    if image_size is not None:
+        image_size = (int(image_size[0]), int(image_size[1]))
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a directory")
+    identity_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(d.name, f) for d in identity_dirs for f in sorted(d.iterdir())
+             if f.is_file() and not f.name.startswith(".")
+             and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise ValueError(
+            f"no images found under {root}: expected root/<identity>/<image>.png or .jpg")
+
+    images, names, paths, unreadable = [], [], [], []
+    for name, path in files:
+        try:
+            images.append(_read_image(path, grayscale, image_size))
+        except (OSError, ValueError, SyntaxError):
+            unreadable.append(str(path))
+            continue
+        names.append(name)
+        paths.append(str(path))
+    if not images:
+        raise ValueError(f"none of the {len(files)} image files under {root} could be read")
+    if unreadable:
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {root}, "
+                      f"e.g. {unreadable[0]}", stacklevel=2)
+
+    class_names = sorted(set(names))
+    labels = np.searchsorted(class_names, names).astype(np.int64)
+    return ImageFolder(_stack(images, paths, root), labels, class_names, paths,
+                       len(unreadable))
+
+
+def _parse_pairs_txt(pairs_txt: Path):
+    """Parse LFW's pairs.txt.
+
+    Format: a header ``folds n`` (or just ``n`` for a single fold, as in
+    pairsDevTrain.txt), then per fold ``n`` same-identity lines
+    ``name idx1 idx2`` followed by ``n`` different-identity lines
+    ``name1 idx1 name2 idx2``.
+
+    Returns a list of ``((name1, idx1), (name2, idx2), same, fold, line_number)``.
+    """
+    lines = [(number, line.split()) for number, line in
+             enumerate(pairs_txt.read_text().splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{pairs_txt} is empty")
+    try:
+        header = [int(token) for token in lines[0][1]]
+    except ValueError:
+        header = []
+    if len(header) not in (1, 2) or min(header) < 1:
+        raise ValueError(f"{pairs_txt}: the first line must be 'folds pairs_per_fold' "
+                         f"(e.g. '10 300'), got {' '.join(lines[0][1])!r}")
+    folds, n = header if len(header) == 2 else (1, header[0])
+    body = lines[1:]
+    if len(body) != 2 * folds * n:
+        raise ValueError(f"{pairs_txt}: the header announces {folds} folds x {2 * n} pairs = "
+                         f"{2 * folds * n} lines, found {len(body)}")
+
+    entries = []
+    for position, (number, tokens) in enumerate(body):
+        fold, offset = divmod(position, 2 * n)
+        same = offset < n
+        expected = 3 if same else 4
+        if len(tokens) != expected:
+            kind = "same-identity 'name idx1 idx2'" if same else \
+                "different-identity 'name1 idx1 name2 idx2'"
+            raise ValueError(f"{pairs_txt}, line {number}: expected a {kind} pair, "
+                             f"got {' '.join(tokens)!r}")
+        try:
+            if same:
+                first, second = (tokens[0], int(tokens[1])), (tokens[0], int(tokens[2]))
+            else:
+                first, second = (tokens[0], int(tokens[1])), (tokens[2], int(tokens[3]))
+        except ValueError:
+            raise ValueError(f"{pairs_txt}, line {number}: image numbers must be integers, "
+                             f"got {' '.join(tokens)!r}") from None
+        if not same and first[0] == second[0]:
+            raise ValueError(f"{pairs_txt}, line {number}: a different-identity pair names "
+                             f"{first[0]} twice")
+        entries.append((first, second, same, fold, number))
+    return entries
+
+
+def load_lfw_pairs(pairs_txt, root, image_size=None, grayscale: bool = False) -> LFWPairs:
+    """Read the images of an LFW-style ``pairs.txt`` and its 10-fold protocol.
+
+    Image ``(name, k)`` is the file ``root/name/name_{k:04d}.jpg``.  Each
+    image is loaded once even when several pairs use it.
+
+    Parameters
+    ----------
+    pairs_txt : path
+        LFW pairs.txt (or pairsDevTest.txt, single fold).
+    root : path
+        The LFW image directory.
+    image_size : (H, W), optional
+        Resize to this size; needed if the images differ in size.
+    grayscale : bool
+
+    Returns
+    -------
+    LFWPairs
+
+    Raises
+    ------
+    ValueError
+        Malformed pairs.txt (with the line number), or a referenced image
+        that is missing or unreadable (naming its path).
+    """
+    pairs_txt, root = Path(pairs_txt).expanduser(), Path(root).expanduser()
+    if image_size is not None:
+        image_size = (int(image_size[0]), int(image_size[1]))
+    if not pairs_txt.is_file():
+        raise ValueError(f"pairs file {pairs_txt} does not exist")
+    entries = _parse_pairs_txt(pairs_txt)
+
+    index = {}  # (name, k) -> position in the image list
+    images, image_names, paths = [], [], []
+    pairs = np.empty((len(entries), 2), dtype=np.int64)
+    for p, (first, second, _, _, number) in enumerate(entries):
+        for side, (name, k) in enumerate((first, second)):
+            if (name, k) not in index:
+                path = root / name / f"{name}_{k:04d}.jpg"
+                if not path.is_file():
+                    raise ValueError(f"{pairs_txt}, line {number}: image {path} does not exist")
+                try:
+                    images.append(_read_image(path, grayscale, image_size))
+                except (OSError, ValueError, SyntaxError) as error:
+                    raise ValueError(f"{pairs_txt}, line {number}: cannot read image {path} "
+                                     f"({error})") from None
+                index[(name, k)] = len(paths)
+                image_names.append(name)
+                paths.append(str(path))
+            pairs[p, side] = index[(name, k)]
+
+    identity_names = sorted(set(image_names))
+    labels = np.searchsorted(identity_names, image_names).astype(np.int64)
+    return LFWPairs(
+        test_images=_stack(images, paths, root), test_labels=labels, pairs=pairs,
+        pair_same=np.array([e[2] for e in entries], dtype=bool),
+        pair_fold=np.array([e[3] for e in entries], dtype=np.int64),
+        identity_names=identity_names, paths=paths)
+
+
+def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, image_size=None,
+                        grayscale: bool = False, pairs_txt=None, lfw_root=None,
+                        folds: int = 10, pairs_per_fold: int = 300) -> VerificationDataset:
+    """A face-verification dataset from an image folder (name "folder", mirror=True).
+
+    Without ``pairs_txt``: the identities are split at random (seeded) into
+    training and held-out identities, about ``holdout_fraction`` of them held
+    out.  Held-out identities are drawn only from identities with two or
+    more images (only those can form same-identity pairs); identities with a
+    single image always go to training, where one image is still a valid
+    class example.  The held-out images get `make_pairs_protocol` (``folds``
+    x ``pairs_per_fold`` same + different pairs, reduced with a warning when
+    there are too few images) and `make_gallery_probes`.
+
+    With ``pairs_txt`` (LFW's pairs.txt): the held-out set is exactly the
+    images named in it, read from ``lfw_root`` (default ``root``) with its
+    own folds, and training uses every identity of ``root`` that does not
+    appear in pairs.txt, so train and test stay disjoint.
+    ``holdout_fraction``, ``folds`` and ``pairs_per_fold`` are then unused.
+
+    Parameters
+    ----------
+    root : path
+        ``root/<identity>/<image>`` tree (see `load_image_folder`).
+    holdout_fraction : float in (0, 1)
+    seed : int
+    image_size : (H, W), optional
+        Resize every image (train and test) to this size.
+    grayscale : bool
+    pairs_txt, lfw_root : path, optional
+    folds, pairs_per_fold : int
+
+    Returns
+    -------
+    VerificationDataset
+
+    Raises
+    ------
+    ValueError
+        Bad paths (see `load_image_folder`), fewer than two identities with
+        two images, or no identity left for training.
+    """
+    folder = load_image_folder(root, image_size=image_size, grayscale=grayscale)
+    rng = np.random.default_rng(seed)
+    names = np.array(folder.class_names)
+
+    if pairs_txt is not None:
+        # The LFW images must have the training images' size.
+        lfw = load_lfw_pairs(pairs_txt, lfw_root if lfw_root is not None else root,
+                             image_size=folder.images.shape[2:], grayscale=grayscale)
+        train_ids = np.flatnonzero(~np.isin(names, lfw.identity_names))
+        if train_ids.size == 0:
+            raise ValueError(f"every identity under {root} appears in {pairs_txt}; "
+                             "none is left for training")
+        test_images, test_labels = lfw.test_images, lfw.test_labels
+        pairs, pair_same, pair_fold = lfw.pairs, lfw.pair_same, lfw.pair_fold
+        test_names = lfw.identity_names
+    else:
+        if not 0 < holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
+        counts = np.bincount(folder.labels, minlength=len(names))
+        eligible = np.flatnonzero(counts >= 2)
+        if eligible.size < 2:
+            raise ValueError(
+                f"{root} has {eligible.size} identities with two or more images; held-out "
+                "identities need two images each for same-identity pairs, and at least two "
+                "of them are needed for different-identity pairs")
+        n_test = min(max(2, round(holdout_fraction * len(names))), eligible.size)
+        if n_test >= len(names):
+            raise ValueError(f"{root} has only {len(names)} identities: none would be left "
+                             "for training after holding out test identities")
+        test_ids = np.sort(rng.choice(eligible, size=n_test, replace=False))
+        train_ids = np.setdiff1d(np.arange(len(names)), test_ids)
+        is_test = np.isin(folder.labels, test_ids)
+        test_images = folder.images[is_test]
+        test_labels = np.searchsorted(test_ids, folder.labels[is_test]).astype(np.int64)
+        pairs, pair_same, pair_fold = make_pairs_protocol(test_labels, rng, folds, pairs_per_fold)
+        test_names = names[test_ids].tolist()
+
+    is_train = np.isin(folder.labels, train_ids)
+    gallery, probes = make_gallery_probes(test_labels, rng)
+    return VerificationDataset(
+        name="folder", train_images=folder.images[is_train],
+        train_labels=np.searchsorted(train_ids, folder.labels[is_train]).astype(np.int64),
+        test_images=test_images, test_labels=test_labels, pairs=pairs, pair_same=pair_same,
+        pair_fold=pair_fold, gallery=gallery, probes=probes, mirror=True,
+        class_names=names[train_ids].tolist(), test_class_names=test_names)
