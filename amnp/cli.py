@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from . import checkpoint, figures
 from .backend import set_backend
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
@@ -33,7 +35,7 @@ def open_dataset(spec: str, seed: int):
 
     kind, path = parse_dataset_spec(spec)
     if kind == "glyphs":
-        return data.load_glyphs(seed=seed)
+        return data.load_glyphs(seed=seed, progress=sys.stderr.isatty())
     if kind == "folder":
         return data.load_folder_dataset(path, seed=seed)
     return data.load_mnist_dataset(path, seed=seed)
@@ -116,6 +118,14 @@ def summary(metrics: dict) -> str:
             f"EER {100 * metrics['eer']:.2f}%; identification top-1 {100 * metrics['identification_top1']:.2f}%")
 
 
+def sample_indices(labels, identities=8, per_identity=8):
+    """Indices of the first images of a few identities spread over the label range: one row
+    of the sample grid per identity shows the variation the network has to ignore."""
+    classes = np.unique(labels)
+    chosen = classes[np.linspace(0, len(classes) - 1, min(identities, len(classes))).astype(int)]
+    return np.concatenate([np.flatnonzero(labels == c)[:per_identity] for c in chosen])
+
+
 def report(run_dir: str, net, dataset) -> dict:
     """Evaluate, write eval.json and every figure, print the summary."""
     metrics = evaluate(net, dataset, run_dir)
@@ -123,7 +133,8 @@ def report(run_dir: str, net, dataset) -> dict:
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     if records:
         figures.plot_training_curves(records, os.path.join(figure_dir, "training_curves.png"))
-    figures.plot_sample_grid(dataset.train_images[:64], dataset.train_labels[:64],
+    shown = sample_indices(dataset.train_labels)
+    figures.plot_sample_grid(dataset.train_images[shown], dataset.train_labels[shown],
                              os.path.join(figure_dir, "samples.png"), class_names=dataset.class_names)
     print(summary(metrics))
     print(f"results in {run_dir}: eval.json, metrics.jsonl, checkpoint.npz, figures/")

@@ -50,7 +50,7 @@ class TrainConfig:
     s: float = 16.0
     margin_ramp: float | None = None
     iters: int | None = None
-    epochs: float | None = 6.0
+    epochs: float | None = 10.0
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
