@@ -133,10 +133,17 @@ class TrainingModel(Layer):
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    """The loss became NaN or Inf; the message names the step."""
 
 
 class Trainer:
+    """Builds the network, head, optimizer and schedule of a TrainConfig and runs the loop.
+
+    One step: minibatch → net.forward → head.forward (loss) → head.backward →
+    net.backward → optimizer.step(lr).  The run directory ``out_dir`` must exist
+    before ``train`` (the CLI creates it and writes config.json).
+    """
+
     def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None):
         config.validate()
         set_backend(config.backend)

@@ -1,0 +1,102 @@
+"""Throughput of the hand-written kernels and of whole training steps.
+
+    python benchmarks/speed.py                      # NumPy, the small preset at batch 128
+    python benchmarks/speed.py --backend cupy --model sphereface20 --batch-size 64
+
+Prints, per layer type, the time spent in forward and backward over a few training
+steps, and the images/s of a full step (network forward and backward, AM-Softmax
+head, SGD update).  Timings on CuPy synchronise the device before reading the clock.
+"""
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import amnp
+from amnp import models
+from amnp.heads import AMSoftmaxHead
+from amnp.optim import SGD
+from amnp.training import TrainingModel
+
+
+def synchronize():
+    if amnp.get_backend() == "cupy":
+        amnp.backend.xp().cuda.Device().synchronize()
+
+
+def timed_layers(net, totals):
+    """Wrap every leaf layer's forward/backward to accumulate wall time per layer type."""
+    def wrap(layer):
+        kind = type(layer).__name__
+        forward, backward = layer.forward, layer.backward
+
+        def timed_forward(x):
+            synchronize()
+            start = time.perf_counter()
+            out = forward(x)
+            synchronize()
+            totals[kind + " forward"] += time.perf_counter() - start
+            return out
+
+        def timed_backward(dout):
+            synchronize()
+            start = time.perf_counter()
+            dx = backward(dout)
+            synchronize()
+            totals[kind + " backward"] += time.perf_counter() - start
+            return dx
+
+        layer.forward, layer.backward = timed_forward, timed_backward
+
+    for layer in net.layers:
+        for leaf in getattr(layer, "layers", [layer]):
+            wrap(leaf)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--classes", type=int, default=500)
+    args = parser.parse_args()
+
+    amnp.set_backend(args.backend)
+    xp = amnp.backend.xp()
+    net = models.build(args.model, rng=0)
+    shape = models.PRESETS[args.model][3]
+    head = AMSoftmaxHead(models.embedding_size(net), args.classes, rng=0)
+    optimizer = SGD(TrainingModel(net, head))
+    rng = np.random.default_rng(0)
+    x = amnp.asarray(rng.standard_normal((args.batch_size,) + shape).astype(np.float32))
+    y = amnp.asarray(rng.integers(0, args.classes, args.batch_size))
+
+    def step():
+        head.forward(net.forward(x), y)
+        net.backward(head.backward())
+        optimizer.step(0.01)
+
+    step()  # warm-up: allocations, CuPy kernel compilation
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    print(f"{args.model} on {args.backend}, batch {args.batch_size}: {seconds * 1000:.1f} ms/step, "
+          f"{args.batch_size / seconds:.0f} images/s ({net.num_parameters():,} parameters)")
+
+    totals = defaultdict(float)
+    timed_layers(net, totals)
+    for _ in range(args.steps):
+        step()
+    for kind, total in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {kind:<20} {total / args.steps * 1000:8.1f} ms/step")
+    if args.backend == "cupy":
+        print(f"  CuPy memory pool in use: {xp.get_default_memory_pool().used_bytes() / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
