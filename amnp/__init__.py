@@ -2,8 +2,11 @@
 
     import amnp
     from amnp import layers, losses, functional
+
+``amnp.data``, ``amnp.evaluation``, ``amnp.figures`` and ``amnp.training`` load
+matplotlib or tqdm and are imported on demand.
 """
-from . import functional, gradcheck, layers, losses
+from . import functional, gradcheck, heads, layers, losses, models, optim
 from .backend import (
     asarray,
     get_array_module,
@@ -17,5 +20,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "asarray", "get_array_module", "get_backend", "set_backend", "to_numpy", "use_backend",
-    "functional", "gradcheck", "layers", "losses",
+    "functional", "gradcheck", "heads", "layers", "losses", "models", "optim",
 ]

@@ -80,6 +80,18 @@ class SoftmaxHead(Head):
         self.loss = SoftmaxCrossEntropyLoss()
 
 
+class TrainingModel(Layer):
+    """The embedding network and its classifier head, for walking all parameters by name
+    ("net.0.weight", "head.classifier.weight") in the optimizer and the checkpoint."""
+
+    def __init__(self, net, head):
+        super().__init__()
+        self.net, self.head = net, head
+
+    def children(self):
+        return [("net", self.net), ("head", self.head)]
+
+
 LOSSES = ("am-softmax", "softmax")
 
 

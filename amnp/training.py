@@ -29,8 +29,7 @@ import numpy as np
 from . import checkpoint, figures, models
 from .backend import asarray, get_array_module, set_backend, to_numpy
 from .evaluation import evaluate_verification, roc_curve
-from .heads import LOSSES, build_head
-from .layers import Layer
+from .heads import LOSSES, TrainingModel, build_head
 from .optim import SGD, scaled_paper_schedule
 from .validation import NonFiniteError
 
@@ -118,18 +117,6 @@ def preprocess(images_uint8, mirror_mask=None):
     if mirror_mask is not None:
         x = xp.where(mirror_mask[:, None, None, None], x[..., ::-1], x)
     return x
-
-
-class TrainingModel(Layer):
-    """The embedding network and its classifier head, for walking all parameters by name
-    ("net.0.weight", "head.classifier.weight") in the optimizer and the checkpoint."""
-
-    def __init__(self, net, head):
-        super().__init__()
-        self.net, self.head = net, head
-
-    def children(self):
-        return [("net", self.net), ("head", self.head)]
 
 
 class TrainingDiverged(RuntimeError):

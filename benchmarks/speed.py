@@ -15,9 +15,8 @@ import numpy as np
 
 import amnp
 from amnp import models
-from amnp.heads import AMSoftmaxHead
+from amnp.heads import AMSoftmaxHead, TrainingModel
 from amnp.optim import SGD
-from amnp.training import TrainingModel
 
 
 def synchronize():

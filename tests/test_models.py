@@ -4,9 +4,8 @@ import pytest
 
 from amnp import layers as L
 from amnp import models
-from amnp.heads import AMSoftmaxHead, build_head
+from amnp.heads import AMSoftmaxHead, TrainingModel, build_head
 from amnp.optim import SGD
-from amnp.training import TrainingModel
 
 
 def test_sphereface20_is_the_papers_network():
