@@ -248,10 +248,14 @@ class Trainer:
         through an update and the checkpoint it saves is consistent."""
         def handler(signum, frame):
             self._interrupted = True
+
+        previous = signal.getsignal(signal.SIGINT)
+        if previous == signal.SIG_IGN:  # a background job (nohup, `&`): Ctrl-C is not for us
+            return previous
         try:
             return signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-            return signal.getsignal(signal.SIGINT)
+            return previous
 
     def _log(self, window, elapsed) -> dict:
         losses, correct, cosines = zip(*window)

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from amnp import cli
+from amnp import checkpoint, cli
 from amnp.data import VerificationDataset
 from amnp.training import TrainConfig, Trainer, TrainingDiverged
 
@@ -71,7 +71,6 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     monkeypatch.setattr(trainer.model.head, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="diverged at step 6: the loss is nan; the last good checkpoint"):
         trainer.train()
-    from amnp import checkpoint
     _, _, meta = checkpoint.read(tmp_path / "checkpoint.npz")
     assert meta["step"] == 4
 
@@ -86,10 +85,14 @@ def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
         return step(t)
 
     monkeypatch.setattr(trainer, "train_step", interrupted_step)
-    assert trainer.train() == "interrupted"
-    from amnp import checkpoint
+    # As in an interactive shell; CI runs tests as a background job, where SIGINT is ignored.
+    handler_before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert trainer.train() == "interrupted"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler_before)
     assert checkpoint.read(tmp_path / "checkpoint.npz")[2]["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.fixture

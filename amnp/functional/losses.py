@@ -21,9 +21,9 @@ def log_softmax(z):
 
 def check_scores_and_labels(scores, labels, where):
     floating_array(scores, 2, "(N, num_classes)", where, "scores")
+    get_array_module(scores, labels)
     finite(scores, where, "scores")
     class_labels(labels, scores.shape[0], scores.shape[1], where)
-    get_array_module(scores, labels)
 
 
 class SoftmaxCrossEntropyCache(NamedTuple):
