@@ -31,7 +31,7 @@ from .backend import asarray, get_array_module, set_backend, to_numpy
 from .evaluation import evaluate_verification, roc_curve
 from .heads import LOSSES, TrainingModel, build_head
 from .optim import SGD, scaled_paper_schedule
-from .validation import NonFiniteError
+from .validation import NonFiniteError, finite
 
 
 @dataclass
@@ -176,6 +176,10 @@ class Trainer:
         return os.path.join(self.out_dir, name)
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint, unless a parameter went NaN or Inf: that would overwrite the
+        last good one with a useless one."""
+        for name, owner, key in self.model.named_parameters():
+            finite(owner.params[key], "training", f"parameter {name}")
         checkpoint.save(self.path("checkpoint.npz"), self.model, self.optimizer,
                         {"step": self.step, "config": dataclasses.asdict(self.config)})
 
@@ -202,12 +206,12 @@ class Trainer:
 
     def train(self, stop_at: int | None = None) -> str:
         """Train up to the last step (or ``stop_at``); returns "finished", "stopped" or
-        "interrupted".  Raises TrainingDiverged on a non-finite loss, keeping the last good
-        checkpoint untouched."""
+        "interrupted".  Raises TrainingDiverged on a non-finite loss or parameters, keeping
+        the last good checkpoint untouched."""
         from tqdm import tqdm
 
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        previous_handler = self._install_interrupt_handler()
+        restore_interrupt_handler = self._catch_interrupts()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = []
@@ -216,46 +220,52 @@ class Trainer:
             while self.step < end and not self._interrupted:
                 try:
                     window.append(self.train_step(self.step))
+                    self.step += 1
+                    if self.step % self.config.checkpoint_every == 0:
+                        self.save_checkpoint()
                 except NonFiniteError as exc:
-                    kept = ("the last good checkpoint is kept in " + self.path("checkpoint.npz")
-                            if os.path.exists(self.path("checkpoint.npz")) else "no checkpoint was written yet")
-                    raise TrainingDiverged(
-                        f"training diverged at step {self.step}: {exc}; {kept}. "
-                        "Try a smaller --lr or --s, or --margin-ramp.") from None
-                self.step += 1
+                    raise self._diverged(exc) from None
                 bar.update(1)
                 if self.step % self.config.log_every == 0 or self.step == end:
-                    elapsed = time.perf_counter() - window_start
-                    record = self._log(window, elapsed)
+                    record = self._log(window, time.perf_counter() - window_start)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
                                     cos=f"{record['mean_target_cosine']:.3f}", lr=f"{record['lr']:.3g}",
                                     img_s=f"{record['images_per_s']:.0f}")
                     if not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
                         print(format_record(record, self.step / self.steps_per_epoch), flush=True)
                     window, window_start = [], time.perf_counter()
-                if self.step % self.config.checkpoint_every == 0:
-                    self.save_checkpoint()
+            try:
+                self.save_checkpoint()
+            except NonFiniteError as exc:
+                raise self._diverged(exc) from None
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous_handler)
-        self.save_checkpoint()
+            restore_interrupt_handler()
         if self._interrupted:
             return "interrupted"
         return "finished" if self.step >= self.total_steps else "stopped"
 
-    def _install_interrupt_handler(self):
+    def _diverged(self, exc) -> TrainingDiverged:
+        kept = ("the last good checkpoint is kept in " + self.path("checkpoint.npz")
+                if os.path.exists(self.path("checkpoint.npz")) else "no checkpoint was written yet")
+        return TrainingDiverged(f"training diverged at step {self.step}: {exc}; {kept}. "
+                                "Try a smaller --lr or --s, or --margin-ramp.")
+
+    def _catch_interrupts(self):
         """Ctrl-C sets a flag that the loop checks between steps, so it never stops halfway
-        through an update and the checkpoint it saves is consistent."""
+        through an update and the checkpoint it saves is consistent.  Returns the function
+        that puts the previous handler back."""
         def handler(signum, frame):
             self._interrupted = True
 
         previous = signal.getsignal(signal.SIGINT)
         if previous == signal.SIG_IGN:  # a background job (nohup, `&`): Ctrl-C is not for us
-            return previous
+            return lambda: None
         try:
-            return signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-            return previous
+            return lambda: None
+        return lambda: signal.signal(signal.SIGINT, previous)
 
     def _log(self, window, elapsed) -> dict:
         losses, correct, cosines = zip(*window)

@@ -75,6 +75,21 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert meta["step"] == 4
 
 
+def test_non_finite_parameters_never_overwrite_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    step = trainer.optimizer.step
+
+    def poisoned_update(lr):
+        step(lr)
+        if trainer.step == 7:  # the loss of step 7 was finite, its update is not; a checkpoint is due
+            trainer.model.head.classifier.params["weight"][0, 0] = np.inf
+
+    monkeypatch.setattr(trainer.optimizer, "step", poisoned_update)
+    with pytest.raises(TrainingDiverged, match="diverged at step 8: .*parameter head.classifier.weight"):
+        trainer.train()
+    assert checkpoint.read(tmp_path / "checkpoint.npz")[2]["step"] == 4
+
+
 def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
     trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
     step = trainer.train_step
