@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--s", type=float, default=defaults.s, help="scale of the cosines")
     train.add_argument("--margin-ramp", type=float, default=None,
                        help="grow the margin as min(m, RAMP * step) instead of starting at m")
+    train.add_argument("--conditional-margin", action="store_true",
+                       help="subtract m only where the target cosine exceeds m (the authors' Caffe rule)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, default=None, help="number of SGD steps")
     length.add_argument("--epochs", type=float, default=None, help=f"passes over the data (default {defaults.epochs})")
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args) -> TrainConfig:
     config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss, m=args.m, s=args.s,
-                         margin_ramp=args.margin_ramp, batch_size=args.batch_size, lr=args.lr,
+                         margin_ramp=args.margin_ramp, conditional_margin=args.conditional_margin,
+                         batch_size=args.batch_size, lr=args.lr,
                          backend=args.backend, seed=args.seed)
     if args.iters is not None:
         config.iters, config.epochs = args.iters, None

@@ -54,13 +54,14 @@ class AMSoftmaxHead(Head):
 
     margin_ramp: if given (γ > 0), the margin grows as m(t) = min(m, γ·t), a warm-up
     that helps margin losses start on hard data (reference §2, §7).
+    conditional_margin: subtract m only where cos θ_y > m (the authors' Caffe rule).
     """
 
     def __init__(self, embedding_size, num_classes, m=0.35, s=30.0, margin_ramp=None,
-                 dtype=np.float32, rng=None):
+                 conditional_margin=False, dtype=np.float32, rng=None):
         super().__init__()
         self.classifier = CosineLinear(embedding_size, num_classes, dtype=dtype, rng=rng)
-        self.loss = AMSoftmaxLoss(m=m, s=s)
+        self.loss = AMSoftmaxLoss(m=m, s=s, conditional=conditional_margin)
         self.final_margin = float(m)
         if margin_ramp is not None and not margin_ramp > 0:
             raise ValueError(f"AMSoftmaxHead: margin_ramp must be > 0, got {margin_ramp}")
@@ -96,10 +97,12 @@ LOSSES = ("am-softmax", "softmax")
 
 
 def build_head(loss, embedding_size, num_classes, m=0.35, s=30.0, margin_ramp=None,
-               dtype=np.float32, rng=None) -> Head:
-    """The head for a loss name in LOSSES; m, s and margin_ramp apply to margin losses only."""
+               conditional_margin=False, dtype=np.float32, rng=None) -> Head:
+    """The head for a loss name in LOSSES; m, s, margin_ramp and conditional_margin apply
+    to margin losses only."""
     if loss == "am-softmax":
-        return AMSoftmaxHead(embedding_size, num_classes, m, s, margin_ramp, dtype, rng)
+        return AMSoftmaxHead(embedding_size, num_classes, m, s, margin_ramp, conditional_margin,
+                             dtype, rng)
     if loss == "softmax":
         return SoftmaxHead(embedding_size, num_classes, dtype, rng)
     raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")

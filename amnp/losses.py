@@ -34,20 +34,21 @@ class AMSoftmaxLoss(Loss):
     """AM-Softmax on cosines (N, C): z = s (cos θ − m·onehot(y)), then softmax cross-entropy.
 
     Defaults are the paper's m = 0.35, s = 30.  m may be changed between steps
-    (a margin ramp sets ``loss.m``).
+    (a margin ramp sets ``loss.m``).  ``conditional=True`` applies the margin only
+    where cos θ_y > m, as the authors' Caffe code does (see ``am_softmax_forward``).
     """
 
-    def __init__(self, m=0.35, s=30.0):
+    def __init__(self, m=0.35, s=30.0, conditional=False):
         super().__init__()
         check_margin_and_scale(m, s, "AMSoftmaxLoss")
-        self.m, self.s = float(m), float(s)
+        self.m, self.s, self.conditional = float(m), float(s), bool(conditional)
 
     def forward(self, scores, labels) -> float:
-        loss, self._cache = F.am_softmax_forward(scores, labels, self.m, self.s)
+        loss, self._cache = F.am_softmax_forward(scores, labels, self.m, self.s, self.conditional)
         return float(loss)
 
     def backward(self):
         return F.am_softmax_backward(1.0, self._last_cache())
 
     def __repr__(self):
-        return f"AMSoftmaxLoss(m={self.m}, s={self.s})"
+        return f"AMSoftmaxLoss(m={self.m}, s={self.s}, conditional={self.conditional})"

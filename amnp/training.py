@@ -48,6 +48,7 @@ class TrainConfig:
     m: float = 0.35
     s: float = 16.0
     margin_ramp: float | None = None
+    conditional_margin: bool = False
     iters: int | None = None
     epochs: float | None = 10.0
     batch_size: int = 128
@@ -139,7 +140,8 @@ class Trainer:
         rng = np.random.default_rng(config.seed)
         net = models.build(config.model, dataset.image_shape, rng=rng)
         head = build_head(config.loss, models.embedding_size(net), dataset.num_classes,
-                          m=config.m, s=config.s, margin_ramp=config.margin_ramp, rng=rng)
+                          m=config.m, s=config.s, margin_ramp=config.margin_ramp,
+                          conditional_margin=config.conditional_margin, rng=rng)
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)

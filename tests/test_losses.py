@@ -99,3 +99,46 @@ def test_the_margin_can_change_between_steps():
     start = crit.forward(cos, labels)
     crit.m = 0.2
     assert crit.forward(cos, labels) > start
+
+
+def test_conditional_margin_starts_as_normalised_softmax():
+    c, m, s = 10, 0.35, 30.0
+    cos = np.zeros((4, c))
+    loss = losses.AMSoftmaxLoss(m, s, conditional=True).forward(cos, np.arange(4))
+    assert loss == pytest.approx(np.log(c), rel=1e-12)  # reference §2: ≈ ln C at c ≈ 0
+
+
+def test_conditional_margin_applies_only_where_the_target_cosine_exceeds_m():
+    rng = np.random.default_rng(4)
+    cos, labels = rng.uniform(-0.5, 0.5, (6, 5)), np.array([0, 1, 2, 3, 4, 0])
+    rows = np.arange(6)
+    cos[rows[:3], labels[:3]] = 0.9   # above m: margin applied
+    cos[rows[3:], labels[3:]] = 0.1   # below m: no margin
+    m, s = 0.35, 10.0
+    conditional = losses.AMSoftmaxLoss(m, s, conditional=True)
+    loss = conditional.forward(cos, labels)
+    grad = conditional.backward()
+    margins = np.where(cos[rows, labels] > m, m, 0.0)
+    per_row = [am_softmax_row(cos[i], labels[i], margins[i], s) for i in rows]
+    assert loss == pytest.approx(np.mean([r[0] for r in per_row]), rel=1e-12)
+    np.testing.assert_allclose(grad, np.stack([r[1] for r in per_row]) / 6, rtol=1e-10)
+
+
+def am_softmax_row(cos_row, label, margin, s):
+    """Loss and dL/dcos of one row with a given margin, from the formula."""
+    z = s * cos_row.copy()
+    z[label] -= s * margin
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    onehot = np.eye(len(cos_row))[label]
+    return -np.log(p[label]), s * (p - onehot)
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 5), c=st.integers(2, 6))
+def test_conditional_margin_gradient_away_from_the_jump(seed, n, c):
+    from amnp.gradcheck import check_loss
+
+    rng = np.random.default_rng(seed)
+    cos, labels = rng.uniform(-0.99, 0.99, (n, c)), rng.integers(0, c, n)
+    target = cos[np.arange(n), labels]
+    cos[np.arange(n), labels] = np.where(np.abs(target - 0.35) < 0.05, target + 0.1, target)
+    assert check_loss(losses.AMSoftmaxLoss(0.35, 16.0, conditional=True), cos, labels).passed

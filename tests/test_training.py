@@ -117,8 +117,10 @@ def tiny_cli(monkeypatch):
 
 def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_cli, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", "--iters", "8", "--batch-size", "8", "--s", "8", "--out", str(out)]) == 0
+    assert cli.main(["train", "--iters", "8", "--batch-size", "8", "--s", "8", "--conditional-margin",
+                     "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["conditional_margin"] is True
     assert "held-out verification accuracy" in printed
     for name in ["config.json", "metrics.jsonl", "checkpoint.npz", "eval.json", "figures/roc.png",
                  "figures/pair_cosines.png", "figures/training_curves.png", "figures/samples.png"]:

@@ -69,18 +69,27 @@ class AMSoftmaxCache(NamedTuple):
     s: float
 
 
-def am_softmax_forward(cos, labels, m=0.35, s=30.0):
+def am_softmax_forward(cos, labels, m=0.35, s=30.0, conditional=False):
     """Additive-margin softmax loss on cosines.
 
     cos: (N, C) cosines cos θ_nj from a cosine layer; labels: (N,) ints in [0, C).
     z_nj = s (cos_nj − m·[j = y_n]), loss = −(1/N) Σ_n log softmax(z_n)[y_n].
     Only the target column moves; m = 0 gives the normalised softmax (NormFace).
+
+    conditional=True is the rule of the authors' Caffe layer: the margin is subtracted
+    only from rows whose target cosine exceeds m.  At initialisation (cos ≈ 0) the loss
+    is then the normalised softmax, an implicit warm-up; the price is a jump in the loss
+    where cos θ_y crosses m (the gradient is the same on both sides).
     """
     check_margin_and_scale(m, s, "am_softmax")
     check_scores_and_labels(cos, labels, "am_softmax")
     xp = get_array_module(cos)
+    rows = xp.arange(cos.shape[0])
     logits = s * cos
-    logits[xp.arange(cos.shape[0]), labels] -= s * m
+    if conditional:
+        logits[rows, labels] -= s * m * (cos[rows, labels] > m)
+    else:
+        logits[rows, labels] -= s * m
     loss, ce_cache = _cross_entropy(logits, labels)
     return loss, AMSoftmaxCache(ce_cache, s)
 
