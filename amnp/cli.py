@@ -63,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=float, default=None, help=f"passes over the data (default {defaults.epochs})")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (paper schedule, scaled)")
-    train.add_argument("--backend", default=defaults.backend, help="numpy (CPU) or cupy (GPU)")
+    train.add_argument("--backend", default=None,
+                       help=f"numpy (CPU) or cupy (GPU) (default {defaults.backend}, or the resumed run's)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
-                       help="continue the run in DIR with its saved settings")
+                       help="continue the run in DIR with its saved settings (only --backend and "
+                            "--stop-at still apply)")
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -82,7 +84,7 @@ def config_from_args(args) -> TrainConfig:
     config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss, m=args.m, s=args.s,
                          margin_ramp=args.margin_ramp, conditional_margin=args.conditional_margin,
                          batch_size=args.batch_size, lr=args.lr,
-                         backend=args.backend, seed=args.seed)
+                         backend=args.backend or TrainConfig.backend, seed=args.seed)
     if args.iters is not None:
         config.iters, config.epochs = args.iters, None
     elif args.epochs is not None:
@@ -147,8 +149,9 @@ def report(run_dir: str, net, dataset) -> dict:
 def train_command(args) -> int:
     if args.resume is not None:
         config = read_config(args.resume)
-        if args.backend != TrainConfig.backend:
+        if args.backend is not None:
             config.backend = args.backend
+            config.validate()
         run_dir = args.resume
     else:
         config = config_from_args(args)
@@ -163,6 +166,7 @@ def train_command(args) -> int:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as file:
             json.dump(dataclasses.asdict(config), file, indent=2)
+        trainer.save_checkpoint()  # step 0: a run killed before its first checkpoint can still resume
     print(f"training {config.model} with {config.loss} (m={config.m}, s={config.s}) on {dataset.name}: "
           f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
           f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}; run directory {run_dir}")

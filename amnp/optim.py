@@ -4,7 +4,8 @@ The optimizer walks a model's dotted parameter names (``named_parameters``) and
 is the only code that changes weights.  Update, per parameter p with gradient g
 (PyTorch's form, dampening 0):
 
-    g ← g + λ p            (weight decay, not on biases or PReLU slopes, as the reference)
+    g ← g + λ p            (weight decay; not on biases, as the reference, nor on PReLU
+                            slopes, which decay would pull towards a plain ReLU)
     v ← μ v + g
     p ← p − lr · v
 """
@@ -46,14 +47,15 @@ class SGD:
             p -= lr * g
 
     def state_dict(self) -> dict:
-        return dict(self.velocity)
+        """Copies of the momentum buffers, by dotted parameter name."""
+        return {name: v.copy() for name, v in self.velocity.items()}
 
     def load_state_dict(self, velocity: dict) -> None:
         own = {name: owner.params[key] for name, owner, key in self.model.named_parameters()}
         for name, v in velocity.items():
             if name not in own or tuple(v.shape) != tuple(own[name].shape):
                 raise ValueError(f"SGD: optimizer state for {name!r} does not match the model")
-        self.velocity = {name: v for name, v in velocity.items()}
+        self.velocity = {name: v.copy() for name, v in velocity.items()}
 
 
 class MultiStepLR:

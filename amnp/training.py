@@ -77,10 +77,10 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.iters is not None and self.iters < 1:
             raise ValueError(f"iters must be a positive integer, got {self.iters}")
-        if self.iters is None and not (self.epochs is not None and self.epochs > 0):
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"the learning rate must be > 0, got {self.lr}")
+        if self.iters is None and not (self.epochs is not None and 0 < self.epochs < math.inf):
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"the learning rate must be a finite number > 0, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.margin_ramp is not None and not self.margin_ramp > 0:

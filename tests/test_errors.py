@@ -86,6 +86,13 @@ def test_non_finite_scores(criterion, bad):
         criterion.forward(scores, np.array([0, 1]))
 
 
+@pytest.mark.parametrize("criterion", [losses.AMSoftmaxLoss(), losses.SoftmaxCrossEntropyLoss()])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_empty_scores(criterion, shape):
+    with pytest.raises(ValueError, match="at least one sample and one class"):
+        criterion.forward(np.zeros(shape, np.float32), np.zeros(shape[0], np.int64))
+
+
 @pytest.mark.parametrize("m, s, message", [
     (-0.1, 30.0, "margin m must be a finite number >= 0"), (np.nan, 30.0, "margin m"),
     (0.35, 0.0, "scale s must be a finite number > 0"), (0.35, -1.0, "scale s"), (0.35, np.inf, "scale s"),

@@ -105,3 +105,19 @@ def test_float32_end_to_end_keeps_float32():
     loss = crit.forward(net.forward(x), np.array([0, 1]))
     assert isinstance(loss, float)
     assert net.backward(crit.backward()).dtype == np.float32
+
+
+def test_loaded_weights_and_optimizer_state_are_copies():
+    from amnp.optim import SGD
+
+    net = L.Sequential(L.Linear(2, 2, rng=0))
+    state = net.state_dict()
+    net.load_state_dict(state)
+    net.layers[0].params["weight"] += 1.0
+    assert not np.array_equal(state["0.weight"], net.layers[0].params["weight"])
+    net.backward(net.forward(np.ones((1, 2), np.float32)))
+    optimizer = SGD(net)
+    optimizer.step(0.1)
+    saved = optimizer.state_dict()
+    optimizer.step(0.1)
+    assert not np.array_equal(saved["0.weight"], optimizer.velocity["0.weight"])

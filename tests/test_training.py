@@ -143,6 +143,8 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "folder:"], "unknown dataset 'folder:'"),
     (["--batch-size", "100"], "batch-size 100 is larger than the 48 training images"),
+    (["--epochs", "inf"], "epochs must be a finite number > 0"),
+    (["--lr", "inf"], "learning rate must be a finite number > 0"),
 ])
 def test_cli_bad_options(tmp_path, tiny_cli, capsys, arguments, message):
     arguments = ["--batch-size", "8", *arguments]  # the last --batch-size wins
@@ -210,3 +212,26 @@ def test_cli_trains_on_an_image_folder_tree(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == f"folder:{root}"
     assert json.loads((out / "eval.json").read_text())["mirror_fused"] is True
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_resume(tmp_path, tiny_cli, monkeypatch, capsys):
+    out = tmp_path / "run"
+
+    def killed(self, stop_at=None):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train", killed)
+        assert cli.main(["train", "--iters", "4", "--batch-size", "8", "--out", str(out)]) == cli.EXIT_INTERRUPTED
+    assert checkpoint.read(out / "checkpoint.npz")[2]["step"] == 0
+    assert cli.main(["train", "--resume", str(out), "--no-eval"]) == 0
+    assert checkpoint.read(out / "checkpoint.npz")[2]["step"] == 4
+
+
+def test_resume_can_move_a_run_to_another_backend(tmp_path, tiny_cli):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "4", "--batch-size", "8", "--out", str(out), "--stop-at", "2"]) == 0
+    settings = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(settings, backend="cupy")))  # as if trained on a GPU
+    assert cli.main(["train", "--resume", str(out), "--backend", "numpy", "--no-eval"]) == 0
+    assert checkpoint.read(out / "checkpoint.npz")[2]["step"] == 4

@@ -21,6 +21,9 @@ def log_softmax(z):
 
 def check_scores_and_labels(scores, labels, where):
     floating_array(scores, 2, "(N, num_classes)", where, "scores")
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(f"{where}: scores must hold at least one sample and one class, "
+                         f"got shape {tuple(scores.shape)}")
     get_array_module(scores, labels)
     finite(scores, where, "scores")
     class_labels(labels, scores.shape[0], scores.shape[1], where)

@@ -78,7 +78,8 @@ class Layer:
                     f"but the state gives {given.dtype}"
                 )
         for name, (layer, key) in own.items():
-            layer.params[key] = asarray(state[name], dtype=layer.params[key].dtype)
+            # a copy: the optimizer updates parameters in place, which must not reach the caller
+            layer.params[key] = asarray(state[name], dtype=layer.params[key].dtype).copy()
 
     def extra_repr(self) -> str:
         return ""
