@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import checkpoint, figures
+from . import checkpoint, data, figures
 from .backend import set_backend
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
 
@@ -31,8 +31,6 @@ class UsageError(Exception):
 
 def open_dataset(spec: str, seed: int):
     """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset."""
-    from . import data
-
     kind, path = parse_dataset_spec(spec)
     if kind == "glyphs":
         return data.load_glyphs(seed=seed, progress=sys.stderr.isatty())
@@ -68,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
-                       help="continue the run in DIR with its saved settings (only --backend and "
-                            "--stop-at still apply)")
+                       help="continue the run in DIR with its saved settings (only --backend, "
+                            "--stop-at and --no-eval still apply)")
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -170,17 +168,15 @@ def train_command(args) -> int:
     print(f"training {config.model} with {config.loss} (m={config.m}, s={config.s}) on {dataset.name}: "
           f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
           f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}; run directory {run_dir}")
-    started = time.perf_counter()
+    first_step, started = trainer.step, time.perf_counter()
     status = trainer.train(stop_at=args.stop_at)
     seconds = time.perf_counter() - started
+    images = (trainer.step - first_step) * config.batch_size
     print(f"{status} at step {trainer.step} after {seconds:.0f} s "
-          f"({(trainer.step) * config.batch_size / max(seconds, 1e-9):.0f} images/s over this run)")
-    if status == "interrupted":
+          f"({images / max(seconds, 1e-9):.0f} images/s over this run)")
+    if status != "finished":
         print(f"checkpoint saved; continue with: amnp train --resume {run_dir}")
-        return EXIT_INTERRUPTED
-    if status == "stopped":
-        print(f"checkpoint saved; continue with: amnp train --resume {run_dir}")
-        return 0
+        return EXIT_INTERRUPTED if status == "interrupted" else 0
     if not args.no_eval:
         report(run_dir, trainer.model.net, dataset)
     return 0

@@ -39,7 +39,8 @@ class Head(Layer):
         self._cache = True
         return self.loss.forward(self.scores, labels)
 
-    def backward(self, dout=None):
+    def backward(self):
+        """dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
         self._last_cache()
         return self.classifier.backward(self.loss.backward())
 

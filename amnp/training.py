@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint, figures, models
-from .backend import asarray, get_array_module, set_backend, to_numpy
+from .backend import BACKENDS, asarray, get_array_module, set_backend, to_numpy
 from .evaluation import evaluate_verification, roc_curve
+from .functional.losses import check_margin_and_scale
 from .heads import LOSSES, TrainingModel, build_head
 from .optim import SGD, scaled_paper_schedule
 from .validation import NonFiniteError, finite
@@ -68,10 +70,7 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(models.PRESETS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
-        if not (0 <= self.m < math.inf):
-            raise ValueError(f"the margin m must be a finite number >= 0, got {self.m}")
-        if not (0 < self.s < math.inf):
-            raise ValueError(f"the scale s must be a finite number > 0, got {self.s}")
+        check_margin_and_scale(self.m, self.s, "train")
         for name in ("batch_size", "log_every", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
@@ -85,8 +84,8 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.margin_ramp is not None and not self.margin_ramp > 0:
             raise ValueError(f"margin-ramp must be > 0, got {self.margin_ramp}")
-        if self.backend not in ("numpy", "cupy"):
-            raise ValueError(f"unknown backend {self.backend!r}; expected numpy or cupy")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
 
     def total_steps(self, num_train_images: int) -> int:
         if self.iters is not None:
@@ -210,8 +209,6 @@ class Trainer:
         """Train up to the last step (or ``stop_at``); returns "finished", "stopped" or
         "interrupted".  Raises TrainingDiverged on a non-finite loss or parameters, keeping
         the last good checkpoint untouched."""
-        from tqdm import tqdm
-
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         restore_interrupt_handler = self._catch_interrupts()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,

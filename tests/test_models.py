@@ -50,6 +50,10 @@ def test_presets_take_the_datasets_image_shape():
         models.build("resnet50")
     with pytest.raises(ValueError, match="depth must be one of"):
         models.sphereface(18)
+    with pytest.raises(ValueError, match="widths must be four positive channel counts"):
+        models.sphereface(4, widths=(8, 16, 32))
+    with pytest.raises(ValueError, match="must be positive"):
+        models.sphereface(4, input_size=(0, 32))
 
 
 def test_heads():
@@ -66,5 +70,7 @@ def test_heads():
     assert head.backward().shape == emb.shape
     softmax = build_head("softmax", 4, 3)
     assert [n for n, _, _ in softmax.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    with pytest.raises(ValueError, match="margin_ramp must be > 0"):
+        build_head("am-softmax", 4, 3, margin_ramp=-1.0)
     with pytest.raises(ValueError, match="unknown loss 'arcface'"):
         build_head("arcface", 4, 3)

@@ -145,6 +145,7 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     (["--batch-size", "100"], "batch-size 100 is larger than the 48 training images"),
     (["--epochs", "inf"], "epochs must be a finite number > 0"),
     (["--lr", "inf"], "learning rate must be a finite number > 0"),
+    (["--margin-ramp", "0"], "margin-ramp must be > 0"),
 ])
 def test_cli_bad_options(tmp_path, tiny_cli, capsys, arguments, message):
     arguments = ["--batch-size", "8", *arguments]  # the last --batch-size wins
