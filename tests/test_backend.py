@@ -10,7 +10,8 @@ import amnp
 from amnp import backend
 from amnp import layers as L
 from amnp import losses
-from amnp.gradcheck import check_layer
+from amnp import functional as F
+from amnp.gradcheck import check_function, check_layer
 
 
 def test_default_is_numpy_and_names_are_checked():
@@ -225,3 +226,18 @@ def test_gradcheck_runs_on_cupy(cupy_module):
         layer = L.Conv2d(2, 2, 3, stride=1, padding=1, dtype=np.float64, rng=0)
         x = cupy_module.asarray(np.random.default_rng(0).standard_normal((1, 2, 4, 4)))
         assert all(r.passed for r in check_layer(layer, x))
+
+
+@pytest.mark.gpu
+def test_gradcheck_promotes_float32_checks_functional_pairs_and_kinks_on_cupy(cupy_module):
+    rng = np.random.default_rng(0)
+    with amnp.use_backend("cupy"):
+        layer = L.Linear(3, 2, rng=0)  # float32 parameters on the device
+    reports = check_layer(layer, cupy_module.asarray(rng.standard_normal((4, 3)), dtype=np.float32))
+    assert all(r.passed and r.promoted_from == "float32" for r in reports)
+    assert layer.params["weight"].dtype == np.float32
+    cos = cupy_module.asarray(rng.uniform(-0.9, 0.9, (4, 5)))
+    labels = cupy_module.asarray(rng.integers(0, 5, 4))
+    report, = check_function(F.am_softmax_forward, F.am_softmax_backward, (cos, labels), {"m": 0.35, "s": 16.0})
+    assert report.passed
+    assert check_layer(L.ReLU(), cupy_module.asarray([[0.0, 1.0]]), detect_kinks=True)[0].kinks == ((0, 0),)
