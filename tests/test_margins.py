@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from amnp import checkpoint
 from amnp import functional as F
 from amnp import layers as L
-from amnp.gradcheck import check_layer, format_reports, numerical_gradient
+from amnp.gradcheck import check_function, check_layer, format_reports, numerical_gradient
 from amnp.heads import LOSSES, SCALE_FLOOR, MarginHead, TrainingModel, build_head, resolve_loss_options
 from amnp.optim import SGD
 
@@ -105,7 +105,7 @@ def test_every_member_head_gradient(seed, n, d, classes, member):
     rng = np.random.default_rng(seed)
     head = build_head(loss, d, classes, dtype=F64, rng=rng, **options)
     x, labels = embeddings_with_target_cosines(head, rng, n, d, kinks(loss, resolve_loss_options(loss, options)))
-    reports = check_layer(HeadLoss(head, labels), x, seed=seed)
+    reports = check_layer(HeadLoss(head, labels), x, seed=seed, detect_kinks=True)
     assert all(r.passed for r in reports), f"{loss} {options}\n" + format_reports(reports)
     names = [r.name for r in reports]
     assert ("head.scale" in names) == bool(options.get("learn_scale"))
@@ -402,3 +402,46 @@ def test_softmax_head_logs_a_real_cosine():
     expected = (x * w).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(w, axis=1)
     np.testing.assert_allclose(head.target_cosines(), expected, rtol=1e-10)
     assert np.all(np.abs(head.target_cosines()) <= 1)
+
+
+# ----------------------------------------------------------------------------- the kink detector at each kink
+
+def target_cosine_check(cos, labels, margin, scale=10.0, h=1e-6):
+    """check_function on the core with respect to the cosines alone, with kink detection."""
+    return check_function(lambda c: F.margin_softmax_forward(c, labels, margin, scale),
+                          lambda dout, cache: F.margin_softmax_backward(dout, cache)[0],
+                          (cos,), dout=np.float64(1.0), h=h, detect_kinks=True)[0]
+
+
+def test_the_checker_flags_the_arcface_switch_and_passes_beside_it():
+    m = 0.5
+    switch = math.cos(math.pi - m)
+    labels = np.array([0, 1])
+    at = target_cosine_check(np.array([[switch, 0.2], [0.1, 0.3]]), labels, lambda c: F.arcface_margin(c, m))
+    assert at.verdict == "not differentiable" and at.kinks == ((0, 0),)
+    beside = target_cosine_check(np.array([[switch + 0.01, 0.2], [0.1, 0.3]]), labels,
+                                 lambda c: F.arcface_margin(c, m))
+    assert beside.passed and beside.kinks == ()
+
+
+def test_the_checker_flags_the_conditional_margin_jump():
+    m = 0.35
+    labels = np.array([0])
+    at = target_cosine_check(np.array([[m, 0.1]]), labels, lambda c: F.additive_margin(c, m, conditional=True))
+    assert at.verdict == "not differentiable" and (0, 0) in at.kinks
+    away = target_cosine_check(np.array([[m + 0.05, 0.1]]), labels,
+                               lambda c: F.additive_margin(c, m, conditional=True))
+    assert away.passed
+
+
+def test_the_unconditional_margin_and_sphereface_boundaries_are_smooth_enough_not_to_be_flagged():
+    labels = np.array([0])
+    additive = target_cosine_check(np.array([[0.35, 0.1]]), labels, lambda c: F.additive_margin(c, 0.35))
+    assert additive.passed and additive.kinks == ()
+    # At a sector boundary ψ and dψ/dc are continuous but ψ'' jumps, which bends the
+    # one-sided slopes by about h·Δψ'': a step of 1e-8 makes that bend too small to matter,
+    # while a true kink (above) bends them by its slope jump whatever h is.
+    boundary = math.cos(math.pi / 4)
+    sphere = target_cosine_check(np.array([[boundary, 0.1]]), labels, lambda c: F.sphereface_margin(c, 4), 1.0,
+                                 h=1e-8)
+    assert sphere.passed and sphere.kinks == ()
