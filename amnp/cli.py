@@ -72,7 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("run_dir", metavar="DIR")
     evaluate_cmd.add_argument("--backend", default=None,
                               help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
+
+    margins_cmd = commands.add_parser(
+        "margins", help="list the losses of the margin family and draw their target logits ψ(θ)")
+    margins_cmd.add_argument("--out", default="target_logits.png", help="PNG file for the figure")
     return parser
+
+
+def margins_command(args) -> int:
+    for spec in LOSSES.values():
+        defaults = ", ".join(f"{o.name}={o.default}" for o in spec.options) or "no options"
+        print(f"{spec.name:<11} target logit {spec.target_logit}\n{'':<11} {defaults}")
+    print(f"target-logit figure: {figures.plot_target_logits(args.out)}")
+    return 0
 
 
 def add_loss_options(parser) -> None:
@@ -247,7 +259,8 @@ def eval_command(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return train_command(args) if args.command == "train" else eval_command(args)
+        commands = {"train": train_command, "eval": eval_command, "margins": margins_command}
+        return commands[args.command](args)
     except TrainingDiverged as exc:
         print(f"amnp: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
