@@ -6,6 +6,7 @@ classifier layer (and a learned scale, where its loss has one) and takes the
 labels in its forward pass, because margin losses need them to place the margin:
 
     loss = head.forward(embeddings, labels)    # 0-d array on the device, batch mean
+                                               # (check_values=False: labels already checked)
     d_embeddings = head.backward()
     head.scores                                # margin-free scores of the last forward
     head.target_cosines()                      # cos θ between each feature and its class weight
@@ -56,10 +57,10 @@ class SoftmaxHead(Head):
         super().__init__()
         self.classifier = Linear(embedding_size, num_classes, dtype=dtype, rng=rng)
 
-    def forward(self, embeddings, labels):
+    def forward(self, embeddings, labels, check_values=True):
         self.embeddings, self.labels = embeddings, labels
         self.scores = self.classifier.forward(embeddings)
-        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels)
+        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels, check_values)
         return loss
 
     def backward(self):
@@ -131,11 +132,11 @@ class MarginHead(Head):
             return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
         return self.classifier.feature_norm if self.s is None else self.s
 
-    def forward(self, embeddings, labels):
+    def forward(self, embeddings, labels, check_values=True):
         self.labels = labels
         self.scores = self.classifier.forward(embeddings)
         loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
-                                                     type(self).__name__)
+                                                     type(self).__name__, check_values)
         return loss
 
     def backward(self):

@@ -32,7 +32,7 @@ from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backe
 from .evaluation import evaluate_verification, roc_curve
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
-from .validation import NonFiniteError, finite
+from .validation import NonFiniteError, class_labels, finite
 
 
 @dataclass
@@ -154,6 +154,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size)
         self.schedule = scaled_paper_schedule(self.total_steps, config.lr, min(config.warmup, self.total_steps))
         self.step = 0
+        # Checked once here, so that no step has to read labels back from the device.
+        class_labels(dataset.train_labels, self.num_train, dataset.num_classes, "the training set")
         # The training set moves to the device once, as uint8; each step only indexes it.
         self.train_images = asarray(dataset.train_images)
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
@@ -181,9 +183,12 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint, unless a parameter went NaN or Inf: that would overwrite the
-        last good one with a useless one."""
+        last good one with a useless one (TrainingDiverged instead)."""
         for name, owner, key in self.model.named_parameters():
-            finite(owner.params[key], "training", f"parameter {name}")
+            try:
+                finite(owner.params[key], "training", f"parameter {name}")
+            except NonFiniteError as exc:
+                raise self._diverged(exc, self.step) from None
         checkpoint.save(self.path("checkpoint.npz"), self.model, self.optimizer,
                         {"step": self.step, "config": dataclasses.asdict(self.config)})
 
@@ -196,13 +201,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step: int):
-        """One SGD step; returns device scalars (loss, margin-free accuracy, mean target cosine)."""
+        """One SGD step; returns device scalars (loss, margin-free accuracy, mean target cosine).
+
+        Nothing in a step reads a value back from the device, which on a GPU would stall it
+        until it caught up: the labels were checked once in __init__, so the loss skips its
+        value checks, and finiteness is checked once per window of steps (``_read_window``).
+        """
         net, head = self.model.net, self.model.head
         x, y = self.batch(step)
         head.set_step(step)
-        loss = head.forward(net.forward(x), y)
-        if not math.isfinite(loss):
-            raise NonFiniteError(f"the loss is {loss}")
+        loss = head.forward(net.forward(x), y, check_values=False)
         net.backward(head.backward())
         self.optimizer.step(self.schedule(step))
         correct = (head.scores.argmax(axis=1) == y).mean()
@@ -211,7 +219,8 @@ class Trainer:
     def train(self, stop_at: int | None = None) -> str:
         """Train up to the last step (or ``stop_at``); returns "finished", "stopped" or
         "interrupted".  Raises TrainingDiverged on a non-finite loss or parameters, keeping
-        the last good checkpoint untouched."""
+        the last good checkpoint untouched: the losses of the steps since the last log are
+        read (one transfer) and checked before any checkpoint is written."""
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         restore_interrupt_handler = self._catch_interrupts()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
@@ -220,26 +229,26 @@ class Trainer:
         window_start = time.perf_counter()
         try:
             while self.step < end and not self._interrupted:
-                try:
-                    window.append(self.train_step(self.step))
-                    self.step += 1
-                    if self.step % self.config.checkpoint_every == 0:
-                        self.save_checkpoint()
-                except NonFiniteError as exc:
-                    raise self._diverged(exc) from None
+                window.append(self.train_step(self.step))
+                self.step += 1
                 bar.update(1)
-                if self.step % self.config.log_every == 0 or self.step == end:
-                    record = self._log(window, time.perf_counter() - window_start)
+                log_due = self.step % self.config.log_every == 0 or self.step == end
+                checkpoint_due = self.step % self.config.checkpoint_every == 0
+                if not (log_due or checkpoint_due):
+                    continue
+                values = self._read_window(window)
+                if checkpoint_due:
+                    self.save_checkpoint()
+                if log_due:
+                    record = self._log(values, time.perf_counter() - window_start)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
                                     cos=f"{record['mean_target_cosine']:.3f}", lr=f"{record['lr']:.3g}",
                                     img_s=f"{record['images_per_s']:.0f}")
                     if not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
                         print(format_record(record, self.step / self.steps_per_epoch), flush=True)
                     window, window_start = [], time.perf_counter()
-            try:
-                self.save_checkpoint()
-            except NonFiniteError as exc:
-                raise self._diverged(exc) from None
+            self._read_window(window)
+            self.save_checkpoint()
         finally:
             bar.close()
             restore_interrupt_handler()
@@ -247,10 +256,24 @@ class Trainer:
             return "interrupted"
         return "finished" if self.step >= self.total_steps else "stopped"
 
-    def _diverged(self, exc) -> TrainingDiverged:
+    def _read_window(self, window) -> np.ndarray:
+        """The (loss, accuracy, target cosine) of each step since the last log, (steps, 3), on
+        the host in one transfer; raises TrainingDiverged naming the first non-finite loss."""
+        if not window:
+            return np.zeros((0, 3))
+        xp = get_array_module(*window[0])
+        values = to_numpy(xp.stack([xp.stack([xp.asarray(v, dtype=xp.float64) for v in step])
+                                    for step in window]))
+        bad = np.flatnonzero(~np.isfinite(values[:, 0]))
+        if bad.size:
+            first = self.step - len(window) + int(bad[0])
+            raise self._diverged(f"the loss is {values[bad[0], 0]}", first)
+        return values
+
+    def _diverged(self, reason, step: int) -> TrainingDiverged:
         kept = ("the last good checkpoint is kept in " + self.path("checkpoint.npz")
                 if os.path.exists(self.path("checkpoint.npz")) else "no checkpoint was written yet")
-        return TrainingDiverged(f"training diverged at step {self.step}: {exc}; {kept}. "
+        return TrainingDiverged(f"training diverged at step {step}: {reason}; {kept}. "
                                 "Try a smaller --lr or --s, or --margin-ramp.")
 
     def _catch_interrupts(self):
@@ -269,19 +292,20 @@ class Trainer:
             return lambda: None
         return lambda: signal.signal(signal.SIGINT, previous)
 
-    def _log(self, window, elapsed) -> dict:
-        losses, correct, cosines = zip(*window)
+    def _log(self, values, elapsed) -> dict:
+        """Append the window's means (``values`` from _read_window) to metrics.jsonl."""
+        loss, accuracy, cosine = values.mean(axis=0)
         record = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "loss": float(np.mean(losses)),
-            "accuracy": float(np.mean([float(c) for c in correct])),
-            "mean_target_cosine": float(np.mean([float(c) for c in cosines])),
+            "loss": float(loss),
+            "accuracy": float(accuracy),
+            "mean_target_cosine": float(cosine),
             "lr": self.schedule(self.step - 1),
-            "images_per_s": len(window) * self.config.batch_size / max(elapsed, 1e-9),
+            "images_per_s": len(values) * self.config.batch_size / max(elapsed, 1e-9),
         }
         # the member's schedule values (m of a ramp, SphereFace's λ, a learned s)
-        record.update({name: float(value) for name, value in self.model.head.schedule().items()})
+        record.update({name: float(to_numpy(value)) for name, value in self.model.head.schedule().items()})
         with open(self.path("metrics.jsonl"), "a") as file:
             file.write(json.dumps(record) + "\n")
         return record

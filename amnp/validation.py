@@ -61,11 +61,13 @@ def finite(x, where: str, name: str) -> None:
         raise NonFiniteError(f"{where}: {name} contains NaN or Inf")
 
 
-def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None:
+def class_labels(labels, num_samples: int, num_classes: int, where: str, check_range: bool = True) -> None:
     """Labels must be integers in [0, num_classes), one per sample.
 
     Checked before any indexing: NumPy and CuPy wrap negative indices silently
     and CuPy wraps out-of-range ones too, which would train on the wrong class.
+    The range check reads the labels back from the device; ``check_range=False``
+    is for labels that were checked when they entered (a training set).
     """
     if not hasattr(labels, "dtype") or not hasattr(labels, "ndim"):
         raise TypeError(f"{where}: labels must be an integer array, got {type(labels).__name__}")
@@ -76,7 +78,7 @@ def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None
             f"{where}: expected one label per sample, shape ({num_samples},), "
             f"got shape {tuple(labels.shape)}"
         )
-    if num_samples == 0:
+    if num_samples == 0 or not check_range:
         return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:

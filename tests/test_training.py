@@ -65,8 +65,9 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
     forward = trainer.model.head.forward
 
-    def poisoned(embeddings, labels):
-        return float("nan") if trainer.step == 6 else forward(embeddings, labels)
+    def poisoned(embeddings, labels, **options):
+        loss = forward(embeddings, labels, **options)
+        return loss * np.nan if trainer.step == 6 else loss
 
     monkeypatch.setattr(trainer.model.head, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="diverged at step 6: the loss is nan; the last good checkpoint"):

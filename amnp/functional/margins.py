@@ -159,15 +159,16 @@ def check_scale(scale, num_samples, dtype, where):
         raise ValueError(f"{where}: the scale s must be a finite number > 0, got {scale}")
 
 
-def margin_softmax_forward(cos, labels, margin: Callable, scale, where="margin_softmax"):
+def margin_softmax_forward(cos, labels, margin: Callable, scale, where="margin_softmax", check_values=True):
     """Softmax cross-entropy over scaled cosines whose target column is replaced by ψ.
 
     cos: (N, C) cosines from a cosine layer; labels: (N,) ints in [0, C);
     margin: c_y (N,) -> (ψ(c_y), dψ/dc(c_y)), one of the functions above with its
     options bound; scale: float s, (N, 1) feature norms, or a (1,) learned s.
-    Returns the mean loss (0-d array, on the device) and the cache.
+    Returns the mean loss (0-d array, on the device) and the cache.  ``check_values=False``
+    skips the checks that read values back from the device (see check_scores_and_labels).
     """
-    check_scores_and_labels(cos, labels, where)
+    check_scores_and_labels(cos, labels, where, check_values)
     check_scale(scale, cos.shape[0], cos.dtype, where)
     xp = get_array_module(cos)
     rows = xp.arange(cos.shape[0])
