@@ -928,14 +928,20 @@ def _open_set(name):
 def dir_at_far_reference():
     """amnp.evaluation's DIR@FAR when it exists, else the reference above."""
     fn = getattr(evaluation, "dir_at_far", None)
-    return fn if fn is not None else reference_dir_at_far
+    if fn is None:
+        return reference_dir_at_far
+    try:  # use amnp's only if it takes the same arguments
+        fn(*_open_set("signature"), 0.1)
+    except TypeError:
+        return reference_dir_at_far
+    return fn
 
 
 def check_dir_at_far(dir_at_far):
     """dir_at_far(gallery, gallery_labels, probes, probe_labels, far) -> DIR at that FAR."""
     gallery, gallery_labels, probes, probe_labels = _open_set("dir")
     for far in (0.1, 0.01, 0.0):
-        want = reference_dir_at_far(gallery, gallery_labels, probes, probe_labels, far)
+        want = float(dir_at_far_reference()(gallery, gallery_labels, probes, probe_labels, far))
         got = float(dir_at_far(gallery, gallery_labels, probes, probe_labels, far))
         if math.isclose(got, want, abs_tol=1e-12):
             continue
