@@ -20,6 +20,7 @@ import numpy as np
 
 from . import checkpoint, data, figures
 from .backend import set_backend
+from .heads import LOSSES
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -49,13 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--dataset", default=defaults.dataset, help="glyphs, folder:PATH or mnist:PATH")
     train.add_argument("--model", default=defaults.model, help="small, sphereface4/10/20/36/64")
-    train.add_argument("--loss", default=defaults.loss, help="am-softmax or softmax")
-    train.add_argument("--m", type=float, default=defaults.m, help="additive margin")
-    train.add_argument("--s", type=float, default=defaults.s, help="scale of the cosines")
-    train.add_argument("--margin-ramp", type=float, default=None,
-                       help="grow the margin as min(m, RAMP * step) instead of starting at m")
-    train.add_argument("--conditional-margin", action="store_true",
-                       help="subtract m only where the target cosine exceeds m (the authors' Caffe rule)")
+    train.add_argument("--loss", default=defaults.loss, help=", ".join(LOSSES))
+    add_loss_options(train)
     length = train.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, default=None, help="number of SGD steps")
     length.add_argument("--epochs", type=float, default=None, help=f"passes over the data (default {defaults.epochs})")
@@ -78,9 +74,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_loss_options(parser) -> None:
+    """One flag per option name of the loss registry (amnp.heads.LOSSES); a flag shared by
+    several losses says what it means for each.  Flags left out stay out of the namespace,
+    so only the options given reach the loss, and one it does not take is an error."""
+    uses = {}
+    for spec in LOSSES.values():
+        for option in spec.options:
+            uses.setdefault(option.cli_flag, []).append((spec.name, option))
+    for cli_flag, members in uses.items():
+        meanings = {}
+        for loss, o in members:
+            default = "" if isinstance(o.default, bool) else f", default {o.default}"
+            meanings.setdefault(f"{o.help}{default}", []).append(loss)
+        described = "; ".join(f"{', '.join(losses)}: {meaning}" for meaning, losses in meanings.items())
+        option = members[0][1]
+        if cli_flag == MARGINS_FLAG:
+            defaults = ",".join(f"{o.default:g}" for _, o in members)
+            parser.add_argument(cli_flag, metavar="M1,M2,M3", default=argparse.SUPPRESS,
+                                help=f"combined: ψ = cos(m1·θ + m2) − m3, default {defaults}")
+        elif isinstance(option.default, bool):
+            parser.add_argument(cli_flag, dest=option.name, default=argparse.SUPPRESS,
+                                action="store_false" if option.default else "store_true", help=described)
+        else:
+            parser.add_argument(cli_flag, dest=option.name, type=float, default=argparse.SUPPRESS,
+                                help=described)
+
+
+MARGINS_FLAG = "--margins"
+
+
+def loss_options_from_args(args) -> dict:
+    """The loss options given on the command line; --margins M1,M2,M3 gives m1, m2, m3."""
+    names = {option.name for spec in LOSSES.values() for option in spec.options}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    if hasattr(args, "margins"):
+        parts = args.margins.split(",")
+        try:
+            m1, m2, m3 = (float(part) for part in parts)
+        except ValueError:
+            raise UsageError(f"--margins takes three numbers M1,M2,M3, got {args.margins!r}") from None
+        given.update(m1=m1, m2=m2, m3=m3)
+    return given
+
+
 def config_from_args(args) -> TrainConfig:
-    config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss, m=args.m, s=args.s,
-                         margin_ramp=args.margin_ramp, conditional_margin=args.conditional_margin,
+    config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss,
+                         loss_options=loss_options_from_args(args),
                          batch_size=args.batch_size, lr=args.lr,
                          backend=args.backend or TrainConfig.backend, seed=args.seed)
     if args.iters is not None:
@@ -97,7 +137,7 @@ def read_config(run_dir: str) -> TrainConfig:
         raise UsageError(f"{run_dir} is not a run directory (no config.json)")
     try:
         with open(path) as file:
-            config = TrainConfig(**json.load(file))
+            config = TrainConfig.from_dict(json.load(file))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path} is not a valid run configuration ({exc})") from None
     config.validate()
@@ -165,7 +205,8 @@ def train_command(args) -> int:
         with open(os.path.join(run_dir, "config.json"), "w") as file:
             json.dump(dataclasses.asdict(config), file, indent=2)
         trainer.save_checkpoint()  # step 0: a run killed before its first checkpoint can still resume
-    print(f"training {config.model} with {config.loss} (m={config.m}, s={config.s}) on {dataset.name}: "
+    options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
+    print(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
           f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
           f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}; run directory {run_dir}")
     first_step, started = trainer.step, time.perf_counter()

@@ -1,31 +1,42 @@
-"""Classifier heads: what sits on top of the embedding network during training only.
+"""Classifier heads, and the one registry of losses that the config, the CLI and
+``build_head`` all read.
 
-A head owns its classifier layer and its loss, and takes the labels in its
-forward pass, because margin losses need them to place the margin:
+A head sits on top of the embedding network during training only.  It owns its
+classifier layer (and a learned scale, where its loss has one) and takes the
+labels in its forward pass, because margin losses need them to place the margin:
 
-    loss = head.forward(embeddings, labels)    # Python float, batch mean
+    loss = head.forward(embeddings, labels)    # 0-d array on the device, batch mean
     d_embeddings = head.backward()
     head.scores                                # margin-free scores of the last forward
-    head.set_step(step)                        # per-iteration schedules (margin ramps, ...)
+    head.target_cosines()                      # cos θ between each feature and its class weight
+    head.set_step(step)                        # per-iteration schedules (margin ramp, λ)
+    head.schedule()                            # their current values, for the logs
 
 ``scores`` are the logits without any margin (cosines for the cosine heads), so
 their argmax is the classification accuracy to log: the loss itself is inflated
-by the margin and is a poor progress signal (reference §2).
+by the margin and is a poor progress signal.
+
+Adding a member of the margin family is one ψ function in amnp.functional.margins
+plus one entry in ``LOSSES`` below, with its options, defaults and checks.
 """
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
-from .backend import get_array_module
+from . import functional as F
+from .backend import asarray, get_array_module
 from .layers import CosineLinear, Layer, Linear
-from .losses import AMSoftmaxLoss, SoftmaxCrossEntropyLoss
 
 
 class Head(Layer):
-    """A classifier layer followed by a loss; subclasses set ``self.classifier`` and ``self.loss``."""
+    """A classifier layer followed by a loss; subclasses set ``self.classifier``."""
 
     classifier: Layer
-    loss: object
 
     def children(self):
         return [("classifier", self.classifier)]
@@ -33,44 +44,9 @@ class Head(Layer):
     def set_step(self, step: int) -> None:
         """Called by the trainer before each step; fixed heads have nothing to schedule."""
 
-    def forward(self, embeddings, labels) -> float:
-        self.scores = self.classifier.forward(embeddings)
-        self.labels = labels
-        self._cache = True
-        return self.loss.forward(self.scores, labels)
-
-    def backward(self):
-        """dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
-        self._last_cache()
-        return self.classifier.backward(self.loss.backward())
-
-    def target_scores(self):
-        """Margin-free score of the true class for each sample of the last forward, (N,)."""
-        xp = get_array_module(self.scores)
-        return self.scores[xp.arange(self.scores.shape[0]), self.labels]
-
-
-class AMSoftmaxHead(Head):
-    """Cosine layer + AM-Softmax: z = s (cos θ − m·onehot(y)).
-
-    margin_ramp: if given (γ > 0), the margin grows as m(t) = min(m, γ·t), a warm-up
-    that helps margin losses start on hard data (reference §2, §7).
-    conditional_margin: subtract m only where cos θ_y > m (the authors' Caffe rule).
-    """
-
-    def __init__(self, embedding_size, num_classes, m=0.35, s=30.0, margin_ramp=None,
-                 conditional_margin=False, dtype=np.float32, rng=None):
-        super().__init__()
-        self.classifier = CosineLinear(embedding_size, num_classes, dtype=dtype, rng=rng)
-        self.loss = AMSoftmaxLoss(m=m, s=s, conditional=conditional_margin)
-        self.final_margin = float(m)
-        if margin_ramp is not None and not margin_ramp > 0:
-            raise ValueError(f"AMSoftmaxHead: margin_ramp must be > 0, got {margin_ramp}")
-        self.margin_ramp = margin_ramp
-
-    def set_step(self, step: int) -> None:
-        if self.margin_ramp is not None:
-            self.loss.m = min(self.final_margin, self.margin_ramp * step)
+    def schedule(self) -> dict:
+        """The current values of the head's schedules and learned hyperparameters."""
+        return {}
 
 
 class SoftmaxHead(Head):
@@ -79,12 +55,104 @@ class SoftmaxHead(Head):
     def __init__(self, embedding_size, num_classes, dtype=np.float32, rng=None):
         super().__init__()
         self.classifier = Linear(embedding_size, num_classes, dtype=dtype, rng=rng)
-        self.loss = SoftmaxCrossEntropyLoss()
+
+    def forward(self, embeddings, labels):
+        self.embeddings, self.labels = embeddings, labels
+        self.scores = self.classifier.forward(embeddings)
+        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels)
+        return loss
+
+    def backward(self):
+        """dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
+        return self.classifier.backward(F.softmax_cross_entropy_backward(1.0, self._last_cache()))
+
+    def target_cosines(self):
+        """cos θ between each feature and its class's weight row (the logits are not cosines)."""
+        self._last_cache()
+        f_hat, _ = F.l2_normalize_forward(self.embeddings)
+        w_hat, _ = F.l2_normalize_forward(self.classifier.params["weight"][self.labels])
+        return (f_hat * w_hat).sum(axis=1)
+
+
+class Margin:
+    """One member's ψ with its options bound, and the schedules of those that change per step.
+
+    ``psi(c, **fixed, **scheduled)`` returns (ψ(c), dψ/dc); ``schedules`` maps an option
+    name to a function of the step.
+    """
+
+    def __init__(self, psi: Callable, fixed: dict, schedules: dict | None = None):
+        self.psi, self.fixed, self.schedules = psi, fixed, schedules or {}
+        self.set_step(0)
+
+    def set_step(self, step: int) -> None:
+        self.current = {name: schedule(step) for name, schedule in self.schedules.items()}
+
+    def __call__(self, c):
+        return self.psi(c, **self.fixed, **self.current)
+
+
+# A learned scale below this would leave the softmax nearly uniform over cosines in [−1, 1].
+SCALE_FLOOR = 1.0
+
+
+class MarginHead(Head):
+    """Cosine layer + a member of the margin family (amnp.functional.margins).
+
+    z_nj = scale_n · t_nj, t = the cosines with the target column replaced by ψ(cos θ_y).
+    The scale is one of:
+    - a fixed ``s``;
+    - the parameter ``scale`` (``learn_scale=True``, starting at ``s``): s itself, so its
+      gradient is ∂L/∂s; exempt from weight decay.  The forward pass uses
+      max(scale, SCALE_FLOOR), so below the floor its gradient is 0 (at the floor, 1);
+    - the feature norm ‖f_n‖ (``s=None``): the features are not normalised, and the
+      gradient reaches them through ‖f‖ as well as through the cosines.
+    """
+
+    def __init__(self, margin: Margin, embedding_size, num_classes, s=None, learn_scale=False,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        self.classifier = CosineLinear(embedding_size, num_classes, dtype=dtype, rng=rng)
+        self.margin, self.s = margin, s
+        if learn_scale:
+            self.add_parameter("scale", asarray(np.full(1, s), dtype=dtype), weight_decay=False)
+
+    def set_step(self, step: int) -> None:
+        self.margin.set_step(step)
+
+    def schedule(self) -> dict:
+        values = dict(self.margin.current)
+        if "scale" in self.params:
+            values["s"] = self.params["scale"][0]
+        return values
+
+    def _scale(self):
+        if "scale" in self.params:
+            return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
+        return self.classifier.feature_norm if self.s is None else self.s
+
+    def forward(self, embeddings, labels):
+        self.labels = labels
+        self.scores = self.classifier.forward(embeddings)
+        loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
+                                                     type(self).__name__)
+        return loss
+
+    def backward(self):
+        """dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
+        dcos, dscale = F.margin_softmax_backward(1.0, self._last_cache())
+        if "scale" in self.params:
+            self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
+        return self.classifier.backward(dcos, dscale if self.s is None else None)
+
+    def target_cosines(self):
+        xp = get_array_module(self.scores)
+        return self.scores[xp.arange(self.scores.shape[0]), self.labels]
 
 
 class TrainingModel(Layer):
     """The embedding network and its classifier head, for walking all parameters by name
-    ("net.0.weight", "head.classifier.weight") in the optimizer and the checkpoint."""
+    ("net.0.weight", "head.classifier.weight", "head.scale") in the optimizer and checkpoint."""
 
     def __init__(self, net, head):
         super().__init__()
@@ -94,16 +162,190 @@ class TrainingModel(Layer):
         return [("net", self.net), ("head", self.head)]
 
 
-LOSSES = ("am-softmax", "softmax")
+# ---------------------------------------------------------------------- the registry
+
+def _number(value, option) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number, got {value!r}")
+    return float(value)
 
 
-def build_head(loss, embedding_size, num_classes, m=0.35, s=30.0, margin_ramp=None,
-               conditional_margin=False, dtype=np.float32, rng=None) -> Head:
-    """The head for a loss name in LOSSES; m, s, margin_ramp and conditional_margin apply
-    to margin losses only."""
-    if loss == "am-softmax":
-        return AMSoftmaxHead(embedding_size, num_classes, m, s, margin_ramp, conditional_margin,
-                             dtype, rng)
-    if loss == "softmax":
-        return SoftmaxHead(embedding_size, num_classes, dtype, rng)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+def positive(value, option):
+    value = _number(value, option)
+    if value <= 0:
+        raise ValueError(f"{option} must be > 0, got {value}")
+    return value
+
+
+def non_negative(value, option):
+    value = _number(value, option)
+    if value < 0:
+        raise ValueError(f"{option} must be >= 0, got {value}")
+    return value
+
+
+def angle(value, option):
+    value = _number(value, option)
+    if not 0 <= value < math.pi:
+        raise ValueError(f"{option} must lie in [0, π), got {value}")
+    return value
+
+
+def integer_at_least_one(value, option):
+    value = _number(value, option)
+    if value != int(value) or value < 1:
+        raise ValueError(f"{option} must be an integer >= 1, got {value}")
+    return int(value)
+
+
+def flag(value, option):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{option} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def optional_positive(value, option):
+    return None if value is None else positive(value, option)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: object
+    check: Callable   # (value, option description) -> the value, normalised, or ValueError
+    help: str
+    flag: str = ""    # the CLI flag; "" means "--" + name with dashes
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A member of the registry: its target logit (for the docs), options, and how to build it.
+    ``build(embedding_size, num_classes, options, dtype, rng)`` gets every option resolved;
+    ``rules(options, given)`` refuses combinations and may drop options that do not apply."""
+    name: str
+    target_logit: str
+    options: tuple
+    build: Callable
+    rules: Callable = lambda options, given: options
+
+
+def _scale_option(default):
+    return Option("s", default, positive, "scale of the cosines")
+
+
+def _margin_ramp(o):
+    """m(t) = min(m, γ·t) with margin_ramp γ, else m throughout."""
+    m, ramp = o["m"], o["margin_ramp"]
+    return (lambda step: m) if ramp is None else (lambda step: min(m, ramp * step))
+
+
+def _sphereface_lambda(o):
+    """λ(t) = max(λ_min, base·(1 + γ·(t + 1))^(−power)); the reference's counter is 1 at t = 0."""
+    return lambda step: max(o["lambda_min"],
+                            o["lambda_base"] * (1 + o["lambda_gamma"] * (step + 1)) ** -o["lambda_power"])
+
+
+def _build_normface(e, c, o, dtype, rng):
+    return MarginHead(Margin(F.no_margin, {}), e, c, s=o["s"], learn_scale=o["learn_scale"],
+                      dtype=dtype, rng=rng)
+
+
+def _build_am_softmax(e, c, o, dtype, rng):
+    margin = Margin(F.additive_margin, {"conditional": o["conditional_margin"]}, {"m": _margin_ramp(o)})
+    return MarginHead(margin, e, c, s=o.get("s"), dtype=dtype, rng=rng)  # no s: scaled by ‖f‖
+
+
+def _am_softmax_rules(options, given):
+    if options["normalize_features"]:
+        return options
+    if "s" in given:
+        raise ValueError("s (--s) does not apply to am-softmax without feature normalisation "
+                         "(--no-feature-normalization): the feature norm ‖f‖ is the scale")
+    return {k: v for k, v in options.items() if k != "s"}
+
+
+def _build_sphereface(e, c, o, dtype, rng):
+    margin = Margin(F.sphereface_margin, {"m": o["m"]}, {"lam": _sphereface_lambda(o)})
+    return MarginHead(margin, e, c, s=None, dtype=dtype, rng=rng)
+
+
+def _build_arcface(e, c, o, dtype, rng):
+    return MarginHead(Margin(F.arcface_margin, {"m": o["m"]}), e, c, s=o["s"], dtype=dtype, rng=rng)
+
+
+def _build_combined(e, c, o, dtype, rng):
+    margin = Margin(F.combined_margin, {"m1": o["m1"], "m2": o["m2"], "m3": o["m3"]})
+    return MarginHead(margin, e, c, s=o["s"], dtype=dtype, rng=rng)
+
+
+LOSSES = {spec.name: spec for spec in (
+    LossSpec("softmax", "w_y·f + b_y (linear layer with bias)", (),
+             lambda e, c, o, dtype, rng: SoftmaxHead(e, c, dtype=dtype, rng=rng)),
+    LossSpec("normface", "s·cos θ_y", (
+        _scale_option(16.0),
+        Option("learn_scale", False, flag, f"learn s (parameter 'scale', starting at s, kept >= {SCALE_FLOOR:g})"),
+    ), _build_normface),
+    LossSpec("am-softmax", "s·(cos θ_y − m), or ‖f‖·(cos θ_y − m) without feature normalisation", (
+        Option("m", 0.35, non_negative, "additive margin"),
+        _scale_option(16.0),
+        Option("margin_ramp", None, optional_positive,
+               "grow the margin as min(m, RAMP·step) instead of starting at m"),
+        Option("conditional_margin", False, flag,
+               "subtract m only where the target cosine exceeds m (the authors' Caffe rule)"),
+        Option("normalize_features", True, flag,
+               "normalise the features; without: the paper's 'w/o FN' model, "
+               "logits ‖f‖·(cos θ − m·[j = y]) and no s",
+               flag="--no-feature-normalization"),
+    ), _build_am_softmax, _am_softmax_rules),
+    LossSpec("sphereface", "‖f‖·(ψ(θ_y) + λ cos θ_y)/(1 + λ), ψ(θ) = (−1)^k cos(mθ) − 2k", (
+        Option("m", 4, integer_at_least_one, "angular margin (an integer)"),
+        Option("lambda_base", 1000.0, positive, "λ at the start"),
+        Option("lambda_gamma", 0.12, non_negative, "λ decay rate γ"),
+        Option("lambda_power", 1.0, non_negative, "λ decay power"),
+        Option("lambda_min", 5.0, non_negative, "floor of λ"),
+    ), _build_sphereface),
+    LossSpec("arcface", "s·cos(θ_y + m), s·(cos θ_y − m·sin m) where θ_y + m > π", (
+        Option("m", 0.5, angle, "additive angular margin (radians)"),
+        _scale_option(16.0),
+    ), _build_arcface),
+    LossSpec("combined", "s·(cos(m1·θ_y + m2) − m3)", (
+        Option("m1", 1.0, positive, "multiplicative angular margin", flag="--margins"),
+        Option("m2", 0.3, angle, "additive angular margin (radians)", flag="--margins"),
+        Option("m3", 0.2, non_negative, "additive cosine margin", flag="--margins"),
+        _scale_option(16.0),
+    ), _build_combined),
+)}
+
+
+def resolve_loss_options(loss: str, given: dict) -> dict:
+    """Every option of ``loss``: the given ones checked, the others at their defaults.
+
+    Raises ValueError for an unknown loss, an option the loss does not take, an
+    impossible value or combination, each message naming the option and the loss.
+    Resolving a resolved dict gives it back unchanged.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    spec = LOSSES[loss]
+    known = {option.name: option for option in spec.options}
+    foreign = [name for name in given if name not in known]
+    if foreign:
+        takes = ", ".join(f"{o.name} ({o.cli_flag})" for o in spec.options) or "no options"
+        raise ValueError(f"loss {loss!r} does not take {', '.join(repr(n) for n in foreign)}; "
+                         f"it takes {takes}")
+    options = {}
+    for name, option in known.items():
+        options[name] = option.check(given.get(name, option.default),
+                                     f"{name} ({option.cli_flag}) of loss {loss!r}")
+    return spec.rules(options, given)
+
+
+def build_head(loss: str, embedding_size: int, num_classes: int, *, dtype=np.float32, rng=None,
+               **options) -> Head:
+    """The head for a loss of ``LOSSES``, with its options checked (see resolve_loss_options)."""
+    resolved = resolve_loss_options(loss, options)
+    return LOSSES[loss].build(embedding_size, num_classes, resolved, dtype, rng)

@@ -3,7 +3,7 @@ and ``dscores = crit.backward()`` (dLoss/dscores, same shape and backend as the 
 from __future__ import annotations
 
 from . import functional as F
-from .functional.losses import check_margin_and_scale
+from .functional.margins import check_margin_and_scale
 
 
 class Loss:

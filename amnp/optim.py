@@ -4,8 +4,9 @@ The optimizer walks a model's dotted parameter names (``named_parameters``) and
 is the only code that changes weights.  Update, per parameter p with gradient g
 (PyTorch's form, dampening 0):
 
-    g ← g + λ p            (weight decay; not on biases, as the reference, nor on PReLU
-                            slopes, which decay would pull towards a plain ReLU)
+    g ← g + λ p            (weight decay, on the parameters whose layer did not exempt
+                            them with ``add_parameter(..., weight_decay=False)``: biases,
+                            as the reference, PReLU slopes, a learned scale)
     v ← μ v + g
     p ← p − lr · v
 """
@@ -14,12 +15,6 @@ from __future__ import annotations
 import bisect
 
 from .backend import get_array_module
-from .layers import PReLU
-
-
-def decays(owner, key: str) -> bool:
-    """Weight decay applies to weights, not to biases nor to PReLU slopes."""
-    return key != "bias" and not isinstance(owner, PReLU)
 
 
 class SGD:
@@ -35,7 +30,7 @@ class SGD:
         """Apply one update with the gradients the last backward left in ``grads``."""
         for name, owner, key in self.model.named_parameters():
             p, g = owner.params[key], owner.grads[key]
-            if self.weight_decay and decays(owner, key):
+            if self.weight_decay and key not in owner.no_weight_decay:
                 g = g + self.weight_decay * p
             if self.momentum:
                 v = self.velocity.get(name)

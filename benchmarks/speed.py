@@ -15,7 +15,7 @@ import numpy as np
 
 import amnp
 from amnp import models
-from amnp.heads import AMSoftmaxHead, TrainingModel
+from amnp.heads import TrainingModel, build_head
 from amnp.optim import SGD
 
 
@@ -66,7 +66,7 @@ def main():
     xp = amnp.backend.xp()
     net = models.build(args.model, rng=0)
     shape = models.PRESETS[args.model][3]
-    head = AMSoftmaxHead(models.embedding_size(net), args.classes, rng=0)
+    head = build_head("am-softmax", models.embedding_size(net), args.classes, rng=0)
     optimizer = SGD(TrainingModel(net, head))
     rng = np.random.default_rng(0)
     x = amnp.asarray(rng.standard_normal((args.batch_size,) + shape).astype(np.float32))

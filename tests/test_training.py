@@ -37,7 +37,7 @@ def tiny_dataset(num_classes=6, per_class=8, test_ids=6, per_test=4, size=16, mi
 
 
 def config(**overrides):
-    settings = dict(iters=12, batch_size=8, s=8.0, log_every=2, checkpoint_every=4, warmup=2)
+    settings = dict(iters=12, batch_size=8, loss_options={"s": 8.0}, log_every=2, checkpoint_every=4, warmup=2)
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -120,7 +120,7 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     assert cli.main(["train", "--iters", "8", "--batch-size", "8", "--s", "8", "--conditional-margin",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert json.loads((out / "config.json").read_text())["conditional_margin"] is True
+    assert json.loads((out / "config.json").read_text())["loss_options"]["conditional_margin"] is True
     assert "held-out verification accuracy" in printed
     for name in ["config.json", "metrics.jsonl", "checkpoint.npz", "eval.json", "figures/roc.png",
                  "figures/pair_cosines.png", "figures/training_curves.png", "figures/samples.png"]:
@@ -133,11 +133,26 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--m", "-0.1"], "margin m must be a finite number >= 0"),
-    (["--s", "0"], "scale s must be a finite number > 0"),
+    (["--m", "-0.1"], "m (--m) of loss 'am-softmax' must be >= 0"),
+    (["--s", "0"], "s (--s) of loss 'am-softmax' must be > 0"),
+    (["--s", "nan"], "s (--s) of loss 'am-softmax' must be a finite number"),
     (["--batch-size", "0"], "batch-size must be a positive integer"),
     (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--loss", "arcface"], "unknown loss 'arcface'"),
+    (["--loss", "cosface"], "unknown loss 'cosface'"),
+    (["--loss", "softmax", "--m", "0.3"], "loss 'softmax' does not take 'm'; it takes no options"),
+    (["--loss", "arcface", "--conditional-margin"], "loss 'arcface' does not take 'conditional_margin'"),
+    (["--loss", "normface", "--margins", "1,0,0.3"], "loss 'normface' does not take 'm1', 'm2', 'm3'"),
+    (["--loss", "am-softmax", "--learn-scale"], "loss 'am-softmax' does not take 'learn_scale'"),
+    (["--loss", "sphereface", "--s", "30"], "loss 'sphereface' does not take 's'"),
+    (["--loss", "arcface", "--m", "3.5"], "m (--m) of loss 'arcface' must lie in [0, π)"),
+    (["--loss", "arcface", "--m", "-0.1"], "m (--m) of loss 'arcface' must lie in [0, π)"),
+    (["--loss", "sphereface", "--m", "2.5"], "m (--m) of loss 'sphereface' must be an integer >= 1"),
+    (["--loss", "sphereface", "--m", "0"], "m (--m) of loss 'sphereface' must be an integer >= 1"),
+    (["--loss", "combined", "--margins", "1,0.3"], "--margins takes three numbers M1,M2,M3"),
+    (["--loss", "combined", "--margins", "1,a,0.3"], "--margins takes three numbers M1,M2,M3"),
+    (["--loss", "combined", "--margins", "0,0.3,0.2"], "m1 (--margins) of loss 'combined' must be > 0"),
+    (["--loss", "combined", "--s", "-1"], "s (--s) of loss 'combined' must be > 0"),
+    (["--no-feature-normalization", "--s", "30"], "s (--s) does not apply to am-softmax without feature"),
     (["--iters", "0"], "iters must be a positive integer"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -145,7 +160,7 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     (["--batch-size", "100"], "batch-size 100 is larger than the 48 training images"),
     (["--epochs", "inf"], "epochs must be a finite number > 0"),
     (["--lr", "inf"], "learning rate must be a finite number > 0"),
-    (["--margin-ramp", "0"], "margin-ramp must be > 0"),
+    (["--margin-ramp", "0"], "margin_ramp (--margin-ramp) of loss 'am-softmax' must be > 0"),
 ])
 def test_cli_bad_options(tmp_path, tiny_cli, capsys, arguments, message):
     arguments = ["--batch-size", "8", *arguments]  # the last --batch-size wins
@@ -176,7 +191,7 @@ def test_cli_resume_refuses_a_checkpoint_from_another_model(tmp_path, tiny_cli, 
     assert cli.main(["train", "--iters", "4", "--batch-size", "8", "--out", str(out), "--stop-at", "2"]) == 0
     saved = (out / "checkpoint.npz").read_bytes()
     settings = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(dict(settings, loss="softmax")))
+    (out / "config.json").write_text(json.dumps(dict(settings, loss="softmax", loss_options={})))
     assert cli.main(["train", "--resume", str(out)]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "does not fit this model" in err and "head.classifier.bias" in err

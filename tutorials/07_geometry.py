@@ -11,8 +11,8 @@ simply look at what each loss does to the features.  We train the same small net
 from the same starting point, with the same batches and schedule, three times:
 
     1. plain softmax         (amnp.heads.SoftmaxHead: linear layer + bias, no normalisation)
-    2. normalised softmax    (AMSoftmaxHead with m = 0, s = 10: "NormFace")
-    3. AM-Softmax            (AMSoftmaxHead with m = 0.35, s = 10)
+    2. normalised softmax    (build_head("normface", s=10))
+    3. AM-Softmax            (build_head("am-softmax", m=0.35, s=10))
 
 and measure, on held-out images, how tightly each class gathers (intra-class angular
 spread) and how far apart the classes are (the smallest angle between class centres).
@@ -209,15 +209,15 @@ def initial_loss_check(net, x, y, num_classes, rng):
     print(f"  AMSoftmaxLoss on cosines exactly 0:                       {exact:.4f}")
     # In a high-dimensional embedding (the paper's 512-d) the cosines between random features
     # and freshly initialised class weights are ~N(0, 1/d), i.e. about 0, as assumed.
-    high_d = heads.AMSoftmaxHead(512, c, m=m, s=s, dtype=np.float64, rng=rng)
+    high_d = heads.build_head("am-softmax", 512, c, m=m, s=s, dtype=np.float64, rng=rng)
     loss512 = high_d.forward(rng.standard_normal((256, 512)), labels)
-    print(f"  fresh AMSoftmaxHead, random 512-d features (cos ~ 0 +- {1 / math.sqrt(512):.3f}): {loss512:.4f}")
+    print(f"  fresh am-softmax head, random 512-d features (cos ~ 0 +- {1 / math.sqrt(512):.3f}): {loss512:.4f}")
     # (A little above the formula: log-sum-exp is convex, so logits that scatter by
     # s/sqrt(d) around 0 raise the mean loss, by roughly (s/sqrt(d))^2 / 2 = 0.1 here.)
     # In 2-D the assumption fails: two random directions in the plane have a cosine anywhere
     # in [-1, 1] (mean |cos| = 2/pi), and s = 10 turns that into logits of +-10, so the first
     # loss of our 2-D network is not this number, and that is not a bug.
-    head2 = heads.AMSoftmaxHead(2, c, m=m, s=s, rng=rng)
+    head2 = heads.build_head("am-softmax", 2, c, m=m, s=s, rng=rng)
     some = rng.choice(len(y), min(256, len(y)), replace=False)  # the data is sorted by class
     loss2 = head2.forward(net.forward(x[some]), y[some])
     print(f"  our untrained network, 2-D features (|cos| ~ 2/pi, not 0):  {loss2:.4f}"
@@ -330,9 +330,9 @@ def main(argv=None):
         ("softmax", "softmax", "linear layer with bias, softmax cross-entropy",
          lambda r: heads.SoftmaxHead(2, NUM_CLASSES, rng=r)),
         ("normface", "normalised softmax", f"cosine layer, s = {S:g}, m = 0",
-         lambda r: heads.AMSoftmaxHead(2, NUM_CLASSES, m=0.0, s=S, rng=r)),
+         lambda r: heads.build_head("normface", 2, NUM_CLASSES, s=S, rng=r)),
         ("am_softmax", "AM-Softmax", f"cosine layer, s = {S:g}, m = {MARGIN:g}",
-         lambda r: heads.AMSoftmaxHead(2, NUM_CLASSES, m=MARGIN, s=S, rng=r)),
+         lambda r: heads.build_head("am-softmax", 2, NUM_CLASSES, m=MARGIN, s=S, rng=r)),
     ]
     for key, name, description, make_head in configs:
         print(f"\n{name}: {description}")

@@ -9,12 +9,17 @@ from .activations import prelu_backward, prelu_forward, relu_backward, relu_forw
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .flatten import flatten_backward, flatten_forward
 from .linear import linear_backward, linear_forward
-from .losses import (
+from .losses import log_softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .margins import (
+    additive_margin,
     am_softmax_backward,
     am_softmax_forward,
-    log_softmax,
-    softmax_cross_entropy_backward,
-    softmax_cross_entropy_forward,
+    arcface_margin,
+    combined_margin,
+    margin_softmax_backward,
+    margin_softmax_forward,
+    no_margin,
+    sphereface_margin,
 )
 from .normalize import cosine_backward, cosine_forward, l2_normalize_backward, l2_normalize_forward
 from .pooling import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
@@ -23,4 +28,5 @@ __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] +
     "im2col",
     "col2im",
     "log_softmax",
+    "no_margin", "additive_margin", "arcface_margin", "combined_margin", "sphereface_margin",
 ]

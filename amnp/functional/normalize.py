@@ -51,8 +51,14 @@ def cosine_forward(x, w, normalize_features=True, eps=DEFAULT_EPS):
 
     x: (N, D) features; w: (C, D) class weights (no bias).
     out: (N, C), out[n, j] = cos θ_nj = (x_n/‖x_n‖) · (w_j/‖w_j‖).
-    With normalize_features=False the features keep their length:
-    out[n, j] = ‖x_n‖ cos θ_nj (the "w/o FN" variant, reference §3).
+    The cache's ``x_norm_cache.norm`` holds the feature norms ‖x_n‖_ε, (N, 1), for the
+    losses scaled by them (A-Softmax, AM-Softmax without feature normalisation); their
+    gradient comes back as ``dnorm`` in cosine_backward.
+
+    normalize_features=False leaves the features as they are: out[n, j] = ‖x_n‖ cos θ_nj,
+    a linear layer with normalised weights and no bias.  It is not the paper's
+    "w/o FN" model, which scales the margin too, z = ‖f‖(cos θ − m·[j = y]); that is the
+    am-softmax head with normalize_features=False (amnp.heads).
     """
     floating_array(x, 2, "(N, D)", "cosine")
     floating_array(w, 2, "(num_classes, D)", "cosine", "weight")
@@ -69,13 +75,21 @@ def cosine_forward(x, w, normalize_features=True, eps=DEFAULT_EPS):
     return out, CosineCache(x_hat, w_hat, x_norm_cache, w_norm_cache)
 
 
-def cosine_backward(dout, cache: CosineCache):
-    """dout = G: (N, C) -> (dx (N, D), dw (C, D)).
+def cosine_backward(dout, cache: CosineCache, dnorm=None):
+    """dout = G: (N, C), optionally dnorm: (N, 1) = dL/d‖x_n‖_ε -> (dx (N, D), dw (C, D)).
 
     dL/dx̂ = G Ŵ and dL/dŴ = Gᵀ X̂, then each goes back through its normalisation.
+    The norm's own gradient adds dnorm · x̂ to dx, since ∂‖x‖_ε/∂x = x/‖x‖_ε = x̂.
     """
     dx_hat = dout @ cache.w_hat
     dw_hat = dout.T @ cache.x_hat
-    dx = dx_hat if cache.x_norm_cache is None else l2_normalize_backward(dx_hat, cache.x_norm_cache)
+    if cache.x_norm_cache is None:
+        if dnorm is not None:
+            raise ValueError("cosine: a gradient for the feature norms needs normalize_features=True")
+        dx = dx_hat
+    else:
+        dx = l2_normalize_backward(dx_hat, cache.x_norm_cache)
+        if dnorm is not None:
+            dx += dnorm * cache.x_hat
     dw = l2_normalize_backward(dw_hat, cache.w_norm_cache)
     return dx, dw

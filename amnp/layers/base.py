@@ -2,7 +2,9 @@
 
 A layer owns two dicts with the same keys: ``params`` (the arrays forward reads,
 at call time, so assigning a new array of the same shape loads weights) and
-``grads`` (filled by backward for the last forward).  ``y = layer.forward(x)``
+``grads`` (filled by backward for the last forward).  Parameters are created with
+``add_parameter``, which also records whether weight decay applies to them: the
+layer that creates a parameter knows what it is, the optimizer does not.  ``y = layer.forward(x)``
 keeps what backward needs; ``dx = layer.backward(dout)`` returns the gradient
 for the input.  A layer instance is used once per forward pass: calling it twice
 before backward would overwrite its cache.
@@ -20,7 +22,16 @@ class Layer:
     def __init__(self):
         self.params: dict = {}
         self.grads: dict = {}
+        self.no_weight_decay: set = set()
         self._cache = None
+
+    def add_parameter(self, key: str, value, weight_decay: bool = True):
+        """Register ``value`` as ``params[key]``; ``weight_decay=False`` exempts it from decay
+        (biases, PReLU slopes, a learned scale)."""
+        self.params[key] = value
+        if not weight_decay:
+            self.no_weight_decay.add(key)
+        return value
 
     def forward(self, x):
         raise NotImplementedError

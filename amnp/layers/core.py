@@ -24,10 +24,10 @@ class Linear(Layer):
         self.out_features = positive_int(out_features, "out_features", "Linear")
         dtype = param_init.check_dtype(dtype, "Linear")
         rng = param_init.make_rng(rng)
-        self.params["weight"] = param_init.weight(
-            (self.out_features, self.in_features), self.in_features, weight_init, dtype, rng, "Linear")
+        self.add_parameter("weight", param_init.weight(
+            (self.out_features, self.in_features), self.in_features, weight_init, dtype, rng, "Linear"))
         if bias:
-            self.params["bias"] = param_init.constant((self.out_features,), 0.0, dtype)
+            self.add_parameter("bias", param_init.constant((self.out_features,), 0.0, dtype), weight_decay=False)
 
     def forward(self, x):
         out, self._cache = F.linear_forward(x, self.params["weight"], self.params.get("bias"))
@@ -59,10 +59,10 @@ class Conv2d(Layer):
         rng = param_init.make_rng(rng)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
-        self.params["weight"] = param_init.weight(
-            (self.out_channels, self.in_channels, kh, kw), fan_in, weight_init, dtype, rng, "Conv2d")
+        self.add_parameter("weight", param_init.weight(
+            (self.out_channels, self.in_channels, kh, kw), fan_in, weight_init, dtype, rng, "Conv2d"))
         if bias:
-            self.params["bias"] = param_init.constant((self.out_channels,), 0.0, dtype)
+            self.add_parameter("bias", param_init.constant((self.out_channels,), 0.0, dtype), weight_decay=False)
 
     def forward(self, x):
         out, self._cache = F.conv2d_forward(
@@ -101,7 +101,9 @@ class PReLU(Layer):
         super().__init__()
         self.num_parameters = positive_int(num_parameters, "num_parameters", "PReLU")
         dtype = param_init.check_dtype(dtype, "PReLU")
-        self.params["weight"] = param_init.constant((self.num_parameters,), init, dtype)
+        # no weight decay: it would pull the slopes towards 0, a plain ReLU
+        self.add_parameter("weight", param_init.constant((self.num_parameters,), init, dtype),
+                           weight_decay=False)
 
     def forward(self, x):
         out, self._cache = F.prelu_forward(x, self.params["weight"])
@@ -183,8 +185,11 @@ class CosineLinear(Layer):
     """The cosine layer: cos θ between each feature and each class weight.
 
     x: (N, in_features) -> (N, num_classes); weight (num_classes, in_features), no bias,
-    xavier-initialised so that rows start with a norm near 1.  With
-    ``normalize_features=False`` the output is ‖x‖ cos θ.
+    xavier-initialised so that rows start with a norm near 1.  After forward,
+    ``feature_norm`` is ‖x‖_ε, (N, 1), and ``backward(dout, dnorm)`` takes its gradient
+    too (for the heads whose logits are scaled by the feature norm).  With
+    ``normalize_features=False`` the output is ‖x‖ cos θ; that is not the paper's
+    "w/o FN" model (see ``cosine_forward``).
     """
 
     def __init__(self, in_features, num_classes, normalize_features=True, eps=DEFAULT_EPS,
@@ -195,17 +200,25 @@ class CosineLinear(Layer):
         self.normalize_features = bool(normalize_features)
         self.eps = float(eps)
         dtype = param_init.check_dtype(dtype, "CosineLinear")
-        self.params["weight"] = param_init.weight(
+        self.add_parameter("weight", param_init.weight(
             (self.num_classes, self.in_features), self.in_features, weight_init, dtype,
-            param_init.make_rng(rng), "CosineLinear")
+            param_init.make_rng(rng), "CosineLinear"))
 
     def forward(self, x):
         out, self._cache = F.cosine_forward(
             x, self.params["weight"], self.normalize_features, self.eps)
         return out
 
-    def backward(self, dout):
-        dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache())
+    @property
+    def feature_norm(self):
+        """‖x_n‖_ε of the last forward's features, (N, 1); needs normalize_features=True."""
+        norm_cache = self._last_cache().x_norm_cache
+        if norm_cache is None:
+            raise RuntimeError("CosineLinear: feature_norm needs normalize_features=True")
+        return norm_cache.norm
+
+    def backward(self, dout, dnorm=None):
+        dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache(), dnorm)
         return dx
 
     def extra_repr(self):
