@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 import checks
 from amnp import functional as F
-from amnp.heads import AMSoftmaxHead, TrainingModel
+from amnp.heads import TrainingModel, build_head
 from amnp.layers import Linear, PReLU, Sequential
 from amnp.optim import SGD
 
@@ -145,7 +145,7 @@ def run(s, dim, ramp=None):
     r = np.random.default_rng(80)
     net = Sequential(Linear(DIM, 32, dtype=np.float64, rng=r), PReLU(32, dtype=np.float64),
                      Linear(32, dim, dtype=np.float64, rng=r))
-    head = AMSoftmaxHead(dim, C, m=0.35, s=s, margin_ramp=ramp, dtype=np.float64, rng=r)
+    head = build_head("am-softmax", dim, C, m=0.35, s=s, margin_ramp=ramp, dtype=np.float64, rng=r)
     opt = SGD(TrainingModel(net, head), momentum=0.9, weight_decay=5e-4)
     order = np.random.default_rng(81)
     for step in range(STEPS):
@@ -154,9 +154,11 @@ def run(s, dim, ramp=None):
         loss = head.forward(net.forward(x_train[idx]), y_train[idx])
         net.backward(head.backward())
         opt.step(0.05)
-    gradient = np.abs(head.loss.backward()).sum(axis=1).mean() * 64  # per-sample |dL/dc|, last batch
+    # per-sample |dL/dc| on the last batch (the loss is a batch mean, so undo the 1/N)
+    _, cache = F.am_softmax_forward(head.scores, y_train[idx], m=head.schedule()["m"], s=s)
+    gradient = float(np.abs(F.am_softmax_backward(1.0, cache)).sum(axis=1).mean() * len(idx))
     scores = head.classifier.forward(net.forward(x_test))
-    return float(np.mean(scores.argmax(axis=1) == y_test)), loss, gradient
+    return float(np.mean(scores.argmax(axis=1) == y_test)), float(loss), gradient
 
 
 print(f"{'run':<34} {'last loss':>10} {'per-sample |dL/dc|':>19} {'held-out acc':>13}")

@@ -494,12 +494,21 @@ def check_cosine_backward(cosine_backward):
 # Tutorial 5: margin functions psi(c) and dpsi/dc
 # ==============================================================================================
 def _margins():
-    """amnp's margin module when it exists (the check then compares with amnp), else None."""
+    """amnp's margin module when it exists (the checks then compare with amnp), else None."""
     try:
         from amnp.functional import margins
     except ImportError:
         return None
     return margins
+
+
+def psi_reference(name):
+    """The function a student's psi is compared with: amnp's when amnp has it, else the
+    reference written below (``reference_<name>``)."""
+    margins = _margins()
+    if margins is not None and hasattr(margins, name):
+        return getattr(margins, name)
+    return globals()["reference_" + name.replace("_margin", "")]
 
 
 def reference_additive(c, m, conditional=False):
@@ -603,10 +612,10 @@ def check_additive_margin(additive_margin):
     def every_c_ignored(c, psi, dpsi, want, *_):
         return "psi is c everywhere: the margin is missing" if _close(psi, c) else None
 
-    _check_psi("additive_margin", additive_margin, reference_additive, (m,), [],
+    _check_psi("additive_margin", additive_margin, psi_reference("additive_margin"), (m,), [],
                [(every_c_ignored, "psi(c) = c - m: subtract the margin")])
     got = additive_margin(_psi_grid(), m, True)
-    want = reference_additive(_psi_grid(), m, True)
+    want = psi_reference("additive_margin")(_psi_grid(), m, True)
     c = _psi_grid()
     away = np.abs(c - m) > 2e-3
     if not _close(np.asarray(got[0])[away], want[0][away]):
@@ -627,7 +636,7 @@ def check_arcface_margin(arcface_margin):
             return "psi = cos(theta + m) everywhere: it turns back up once theta + m passes pi"
         return None
 
-    _check_psi("arcface_margin", arcface_margin, reference_arcface, (m,), [math.cos(math.pi - m)],
+    _check_psi("arcface_margin", arcface_margin, psi_reference("arcface_margin"), (m,), [math.cos(math.pi - m)],
                [(no_fallback, "where c <= cos(pi - m) use the fallback c - m sin(m), which keeps psi monotone"),
                 (_monotone, "use the fallback c - m sin(m) where c <= cos(pi - m)")])
 
@@ -642,7 +651,7 @@ def check_sphereface_margin(sphereface_margin):
             return "psi = cos(m theta) alone: it oscillates instead of decreasing"
         return None
 
-    _check_psi("sphereface_margin", sphereface_margin, reference_sphereface, (m,), kinks,
+    _check_psi("sphereface_margin", sphereface_margin, psi_reference("sphereface_margin"), (m,), kinks,
                [(no_k, "apply (-1)^k and subtract 2k, with k = floor(m theta / pi) the sector index"),
                 (_monotone, "k = floor(m theta / pi): count the boundaries cos(j pi / m) that c lies below")])
 
@@ -656,7 +665,7 @@ def check_combined_margin(combined_margin):
                     psi, np.cos(m1 * (np.arccos(c) + m2)) - m3):
                 return "psi = cos(m1 (theta + m2)) - m3"
             return None
-        _check_psi(f"combined_margin{args}", combined_margin, reference_combined, args, [],
+        _check_psi(f"combined_margin{args}", combined_margin, psi_reference("combined_margin"), args, [],
                    [(order, "the multiplicative margin scales theta only: cos(m1 theta + m2) - m3")])
 
 
