@@ -27,7 +27,8 @@ import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-QUICK = os.environ.get("AMNP_TUTORIAL_QUICK", "0") == "1"
+QUICK = os.environ.get("AMNP_TUTORIAL_QUICK", "0") == "1"  # unused here: the full run takes seconds,
+# and its printed numbers are the ones tutorials/README.md quotes
 OUT = os.environ.get("AMNP_TUTORIAL_OUT", "out")
 os.makedirs(OUT, exist_ok=True)
 
