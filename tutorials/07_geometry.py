@@ -279,5 +279,5 @@ print(f"done in {time.perf_counter() - started:.1f} s")
 #
 # ## Open exercises
 # 1. Train with 8 classes on the circle and m = 0.35. What happens to the AM-Softmax run, and why?
-# 2. Start every run from a short softmax pre-training (reference §7's cure for margin losses that fail to start). Does it change the gaps?
+# 2. Start every run from a short softmax pre-training (a cure for margin losses that fail to start). Does it change the gaps?
 # 3. Replace ArcFace's margin by the combined margin (1, 0.3, 0.2). Where on the sphere does it differ?

@@ -165,6 +165,10 @@ def eer(scores, same):
 
 checks.check_eer(eer)
 
+# %% [markdown]
+# **Predict first.** There are 3000 different pairs. Which threshold does TAR @ FAR 1e-4 use, and
+# how will its TAR compare with TAR @ FAR 1e-3?
+
 # %%
 for target in (1e-2, 1e-3, 1e-4):
     print(f"TAR @ FAR {target:g}: yours {tar_at_far(scores, same, target):.4f}, "
@@ -230,10 +234,11 @@ print(f"{genuine.sum()} genuine probes, {(~genuine).sum()} impostor probes")
 reference = checks.dir_at_far_reference()
 source = "amnp.evaluation.dir_at_far" if reference is not checks.reference_dir_at_far else \
     "the reference in checks.py (amnp.evaluation has no dir_at_far yet)"
+print(f"DIR@FAR reference: {source}")
 for far in (0.1, 0.01):
     mine = dir_at_far(gallery, enrolled, emb[probe_index], labels[probe_index], far)
     theirs = reference(gallery, enrolled, emb[probe_index], labels[probe_index], far)
-    print(f"DIR @ FAR {far:g}: yours {mine:.4f}, {source} {theirs:.4f}")
+    print(f"DIR @ FAR {far:g}: yours {mine:.4f}, reference {theirs:.4f}")
 
 # %% [markdown]
 # ## Summary
