@@ -7,7 +7,12 @@ minibatches) are created, through :func:`asarray` and :func:`xp`.
 
 The backend is chosen with ``amnp.set_backend("numpy" | "cupy")``, the
 ``amnp.use_backend(name)`` context manager, or the ``AMNP_BACKEND``
-environment variable read at import.
+environment variable.  The variable is read the first time the backend matters
+(``get_backend()``, an array created with :func:`asarray`, a layer's
+parameters), never at import: importing amnp cannot fail because of it.  An
+unknown name or an unusable CuPy is then reported with the error
+``set_backend`` gives, every time it matters, and nothing falls back to NumPy.
+An explicit ``set_backend`` or ``use_backend`` takes precedence over the variable.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ import numpy as np
 
 BACKENDS = ("numpy", "cupy")
 
-_current = "numpy"
+ENVIRONMENT_VARIABLE = "AMNP_BACKEND"
+
+_current = None  # None until chosen: the first use then reads AMNP_BACKEND
 _cupy = None  # the cupy module, imported on first use
 
 
@@ -68,32 +75,63 @@ def set_backend(name: str) -> None:
     device is missing.
     """
     global _current
+    _check_backend(name)
+    _current = name
+
+
+def _check_backend(name) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     if name == "cupy":
         _import_cupy()
-    _current = name
+
+
+def environment_backend() -> str | None:
+    """The backend named by AMNP_BACKEND (case and surrounding spaces ignored), checked as
+    :func:`set_backend` checks a name; None when the variable is unset or empty.
+
+    Raises set_backend's ValueError or RuntimeError, its message prefixed with the variable.
+    """
+    raw = os.environ.get(ENVIRONMENT_VARIABLE, "")
+    name = raw.strip().lower()
+    if not name:
+        return None
+    try:
+        _check_backend(name)
+    except (ValueError, RuntimeError) as exc:
+        raise type(exc)(f"{ENVIRONMENT_VARIABLE}={raw!r}: {exc}") from exc
+    return name
 
 
 def get_backend() -> str:
-    """The name of the current backend, ``"numpy"`` or ``"cupy"``."""
+    """The name of the current backend, ``"numpy"`` or ``"cupy"``.
+
+    Until set_backend is called, this is AMNP_BACKEND's backend, or numpy where the
+    variable is unset; a bad value raises here (see :func:`environment_backend`).
+    """
+    global _current
+    if _current is None:
+        # Not cached on failure: every later use reports the same error, none falls back.
+        _current = environment_backend() or "numpy"
     return _current
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager: ``with amnp.use_backend("cupy"): ...`` restores the old backend after."""
-    previous = get_backend()
+    """Context manager: ``with amnp.use_backend("cupy"): ...`` restores the old backend after
+    (an unread AMNP_BACKEND stays unread)."""
+    global _current
+    previous = _current
     set_backend(name)
     try:
         yield
     finally:
-        set_backend(previous)
+        _current = previous
 
 
 def xp():
     """The array module of the current backend (numpy or cupy)."""
-    return _import_cupy() if _current == "cupy" else np
+    return _import_cupy() if get_backend() == "cupy" else np
 
 
 def _is_cupy_array(a) -> bool:
@@ -133,15 +171,7 @@ def to_numpy(a) -> np.ndarray:
 
 def asarray(a, dtype=None):
     """Put ``a`` on the current backend (copying between host and device if needed)."""
-    if _current == "cupy":
+    if get_backend() == "cupy":
         return _import_cupy().asarray(a, dtype=dtype)
     return np.asarray(to_numpy(a), dtype=dtype)
 
-
-def _backend_from_environment() -> None:
-    name = os.environ.get("AMNP_BACKEND", "").strip().lower()
-    if name:
-        set_backend(name)
-
-
-_backend_from_environment()

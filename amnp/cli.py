@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import checkpoint, data, figures
-from .backend import set_backend
+from .backend import get_backend, set_backend
 from .heads import LOSSES
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (paper schedule, scaled)")
     train.add_argument("--backend", default=None,
-                       help=f"numpy (CPU) or cupy (GPU) (default {defaults.backend}, or the resumed run's)")
+                       help="numpy (CPU) or cupy (GPU) (default: the resumed run's, else AMNP_BACKEND, else numpy)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
@@ -70,8 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate_cmd = commands.add_parser("eval", help="re-evaluate a saved run")
     evaluate_cmd.add_argument("run_dir", metavar="DIR")
-    evaluate_cmd.add_argument("--backend", default="numpy", help="numpy (CPU) or cupy (GPU)")
+    evaluate_cmd.add_argument("--backend", default=None,
+                              help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
+
+    margins_cmd = commands.add_parser(
+        "margins", help="list the losses of the margin family and draw their target logits ψ(θ)")
+    margins_cmd.add_argument("--out", default="target_logits.png", help="PNG file for the figure")
     return parser
+
+
+def margins_command(args) -> int:
+    for spec in LOSSES.values():
+        defaults = ", ".join(f"{o.name}={o.default}" for o in spec.options) or "no options"
+        print(f"{spec.name:<11} target logit {spec.target_logit}\n{'':<11} {defaults}")
+    print(f"target-logit figure: {figures.plot_target_logits(args.out)}")
+    return 0
 
 
 def add_loss_options(parser) -> None:
@@ -122,7 +135,7 @@ def config_from_args(args) -> TrainConfig:
     config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss,
                          loss_options=loss_options_from_args(args),
                          batch_size=args.batch_size, lr=args.lr,
-                         backend=args.backend or TrainConfig.backend, seed=args.seed)
+                         backend=args.backend, seed=args.seed)
     if args.iters is not None:
         config.iters, config.epochs = args.iters, None
     elif args.epochs is not None:
@@ -142,6 +155,14 @@ def read_config(run_dir: str) -> TrainConfig:
         raise UsageError(f"{path} is not a valid run configuration ({exc})") from None
     config.validate()
     return config
+
+
+def choose_backend(config: TrainConfig) -> None:
+    """Without --backend (or a resumed run's), AMNP_BACKEND if set, else numpy; a bad name
+    or a missing CuPy is an error here, before any data is loaded."""
+    if config.backend is None:
+        config.backend = get_backend()
+    set_backend(config.backend)
 
 
 def new_run_dir(config: TrainConfig, out: str | None) -> str:
@@ -194,7 +215,7 @@ def train_command(args) -> int:
     else:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
-    set_backend(config.backend)
+    choose_backend(config)
     dataset = open_dataset(config.dataset, config.seed)
     trainer = Trainer(config, dataset, run_dir)
     if args.resume is not None:
@@ -226,7 +247,7 @@ def train_command(args) -> int:
 def eval_command(args) -> int:
     config = read_config(args.run_dir)
     config.backend = args.backend
-    set_backend(config.backend)
+    choose_backend(config)
     dataset = open_dataset(config.dataset, config.seed)
     trainer = Trainer(config, dataset, args.run_dir, progress=False)
     meta = checkpoint.load(os.path.join(args.run_dir, "checkpoint.npz"), trainer.model)
@@ -238,7 +259,8 @@ def eval_command(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return train_command(args) if args.command == "train" else eval_command(args)
+        commands = {"train": train_command, "eval": eval_command, "margins": margins_command}
+        return commands[args.command](args)
     except TrainingDiverged as exc:
         print(f"amnp: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .functional.normalize import DEFAULT_EPS, l2_normalize_forward
+
 __all__ = [
     "normalize_embeddings",
     "fuse_mirror",
@@ -121,25 +123,28 @@ def _check_scores_same(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray
 # --------------------------------------------------------------------------
 
 
-def normalize_embeddings(emb: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """L2-normalise each row: ``x / max(||x||, eps)``.
+def normalize_embeddings(emb: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """L2-normalise each row exactly as the cosine layer does: ``x / sqrt(||x||² + eps)``.
+
+    This is :func:`amnp.functional.l2_normalize_forward`, so the embedding scored
+    here is the one the cosine layer saw in training (rows much shorter than
+    sqrt(eps) shrink instead of growing to unit length).
 
     Parameters
     ----------
     emb : array_like, shape (N, D)
         Embeddings, one per row.
     eps : float
-        Lower bound on the norm, so that an all-zero row stays zero instead
+        Added under the square root, so that an all-zero row stays zero instead
         of becoming NaN (0 / 0).
 
     Returns
     -------
     ndarray, shape (N, D)
-        Rows of unit length (zero rows stay zero).
+        Rows of unit length where ||x|| >> sqrt(eps); zero rows stay zero.
     """
     emb = _check_embeddings(emb)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.maximum(norms, eps)
+    return l2_normalize_forward(emb, eps)[0]
 
 
 def fuse_mirror(emb: np.ndarray, emb_mirror: np.ndarray) -> np.ndarray:

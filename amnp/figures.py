@@ -24,6 +24,7 @@ __all__ = [
     "plot_pair_histograms",
     "plot_sample_grid",
     "plot_features_on_circle",
+    "plot_target_logits",
 ]
 
 _DPI = 120
@@ -324,5 +325,50 @@ def plot_features_on_circle(features2d: np.ndarray, labels: np.ndarray, path: st
     ax.set_xlim(-1.15, 1.15)
     ax.set_ylim(-1.15, 1.15)
     ax.set_title(f"normalised features ({classes.size} classes)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def target_logit_curves(theta: np.ndarray) -> dict:
+    """ψ(θ), the target logit before scaling, of each member of the margin family, computed
+    by amnp's own ψ functions at the angles ``theta`` (radians): the curves of the
+    AM-Softmax paper's target-logit figure, with ArcFace and the combined margin added."""
+    from .functional import margins  # figures is imported on demand; functional is light
+
+    c = np.cos(theta)
+    return {
+        "softmax / NormFace: cos θ": c,
+        "A-Softmax m=4, λ=0": margins.sphereface_margin(c, 4)[0],
+        "A-Softmax m=4, λ=5 (trained floor)": margins.sphereface_margin(c, 4, 5.0)[0],
+        "AM-Softmax m=0.35: cos θ − m": margins.additive_margin(c, 0.35)[0],
+        "ArcFace m=0.5: cos(θ + m)": margins.arcface_margin(c, 0.5)[0],
+        "combined (1, 0.3, 0.2)": margins.combined_margin(c, 1.0, 0.3, 0.2)[0],
+    }
+
+
+def plot_target_logits(path: str | os.PathLike) -> str:
+    """The target logit ψ(θ) of every margin loss against the angle θ ∈ [0°, 180°] to the
+    class weight, on one axis.  Below the cos θ curve, a loss asks for a smaller angle
+    than softmax does before the sample counts as classified.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    theta = np.linspace(0.0, np.pi, 721)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for label, psi in target_logit_curves(theta).items():
+        style = "--" if label.startswith("softmax") else "-"
+        ax.plot(np.degrees(theta), psi, style, label=label, linewidth=1.6)
+    ax.axhline(0.0, color="lightgray", linewidth=0.8)
+    ax.set_xlim(0, 180)
+    ax.set_xticks(range(0, 181, 30))
+    ax.set_xlabel("angle θ between the feature and its class weight (degrees)")
+    ax.set_ylabel("target logit ψ(θ) (before the scale)")
+    ax.set_title("Target logit of each margin loss")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

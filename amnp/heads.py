@@ -303,7 +303,7 @@ LOSSES = {spec.name: spec for spec in (
     ), _build_am_softmax, _am_softmax_rules),
     LossSpec("sphereface", "‖f‖·(ψ(θ_y) + λ cos θ_y)/(1 + λ), ψ(θ) = (−1)^k cos(mθ) − 2k", (
         Option("m", 4, integer_at_least_one, "angular margin (an integer)"),
-        Option("lambda_base", 1000.0, positive, "λ at the start"),
+        Option("lambda_base", 1000.0, non_negative, "λ at the start"),
         Option("lambda_gamma", 0.12, non_negative, "λ decay rate γ"),
         Option("lambda_power", 1.0, non_negative, "λ decay power"),
         Option("lambda_min", 5.0, non_negative, "floor of λ"),

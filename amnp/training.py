@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, figures, models
-from .backend import BACKENDS, asarray, get_array_module, set_backend, to_numpy
+from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
 from .evaluation import evaluate_verification, roc_curve
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
@@ -53,7 +53,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup: int = 100
-    backend: str = "numpy"
+    backend: str | None = None  # None: the current backend (AMNP_BACKEND, else numpy)
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 500
@@ -75,7 +75,7 @@ class TrainConfig:
             raise ValueError(f"the learning rate must be a finite number > 0, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.backend not in BACKENDS:
+        if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
 
     @classmethod
@@ -134,6 +134,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None):
+        if config.backend is None:  # a bad AMNP_BACKEND raises here, never falls back to numpy
+            config = dataclasses.replace(config, backend=get_backend())
         config.validate()
         set_backend(config.backend)
         self.config, self.dataset, self.out_dir = config, dataset, out_dir

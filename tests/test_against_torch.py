@@ -22,7 +22,10 @@ from amnp import layers as L  # noqa: E402
 from amnp import losses  # noqa: E402
 from amnp.functional import am_softmax_backward, am_softmax_forward  # noqa: E402
 
+from amnp.heads import build_head  # noqa: E402
+
 from .test_gradients import away_from_zero, distinct_values, small_network, window_geometry  # noqa: E402
+from .test_margins import embeddings_with_target_cosines, kinks  # noqa: E402
 
 F64 = np.float64
 RTOL, ATOL = 1e-6, 1e-9
@@ -441,3 +444,69 @@ def test_second_network_end_to_end():
     x = rng.standard_normal((4, 3, 5, 6))
     labels = np.array([0, 4, 2, 2])
     check_network_against_torch(network, x, labels, m=0.35, s=64.0)
+
+
+# ----------------------------------------------------------------------------- the margin family
+
+def margin_family_torch(loss, options, x, w, labels, scale):
+    """Every member's loss from its angular definition, with arccos, as a reader of the
+    papers would write it in torch: an independent check of amnp's arccos-free ψ."""
+    eps = 1e-12
+    norm = torch.sqrt((x * x).sum(1, keepdim=True) + eps)
+    cos = (x / norm) @ (w / torch.sqrt((w * w).sum(1, keepdim=True) + eps)).T
+    rows = torch.arange(len(labels))
+    c = cos[rows, labels]
+    theta = torch.arccos(c)
+    if loss == "normface":
+        psi = c
+    elif loss == "am-softmax":
+        psi = c - options.get("m", 0.35)
+    elif loss == "sphereface":
+        m, lam = options["m"], options["lambda_min"]
+        k = torch.floor(theta * m / np.pi).clamp(max=m - 1)
+        psi = ((-1.0) ** k * torch.cos(m * theta) - 2 * k + lam * c) / (1 + lam)
+    elif loss == "arcface":
+        m = options["m"]
+        psi = torch.where(c > np.cos(np.pi - m), torch.cos(theta + m), c - m * np.sin(m))
+    else:
+        psi = torch.cos(options["m1"] * theta + options["m2"]) - options["m3"]
+    onehot = TF.one_hot(labels, cos.shape[1]).bool()
+    modified = torch.where(onehot, psi[:, None], cos)
+    if scale is None:
+        scale = norm
+    return TF.cross_entropy(scale * modified, labels)
+
+
+@given(seed=seeds, n=st.integers(1, 4), d=st.integers(2, 5), classes=st.integers(2, 5),
+       member=st.sampled_from([
+           ("normface", {"s": 9.0, "learn_scale": True}),
+           ("am-softmax", {"m": 0.3, "s": 12.0}),
+           ("am-softmax", {"m": 0.3, "normalize_features": False}),
+           ("sphereface", {"m": 4, "lambda_base": 3.0, "lambda_min": 3.0}),
+           ("sphereface", {"m": 3, "lambda_base": 0.0, "lambda_min": 0.0}),
+           ("arcface", {"m": 0.5, "s": 16.0}),
+           ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2, "s": 16.0}),
+           ("combined", {"m1": 1.5, "m2": 0.1, "m3": 0.1, "s": 8.0}),
+       ]))
+def test_margin_family_against_torch(seed, n, d, classes, member):
+    """Loss, embedding gradient, weight gradient and the gradient of a learned s."""
+    loss, options = member
+    rng = np.random.default_rng(seed)
+    head = build_head(loss, d, classes, dtype=F64, rng=rng, **options)
+    x, labels = embeddings_with_target_cosines(head, rng, n, d, kinks(loss, options))
+    ours = head.forward(x, labels)
+    dx = head.backward()
+    x_t, w_t = tensor(x), tensor(head.classifier.params["weight"])
+    if options.get("learn_scale"):
+        scale_t = tensor(head.params["scale"])
+    elif loss == "sphereface" or options.get("normalize_features") is False:
+        scale_t = None
+    else:
+        scale_t = options["s"]
+    theirs = margin_family_torch(loss, options, x_t, w_t, torch.from_numpy(labels).long(), scale_t)
+    theirs.backward()
+    assert_close(ours, theirs, f"{loss} loss")
+    assert_close(dx, x_t.grad, f"{loss} d/dx")
+    assert_close(head.classifier.grads["weight"], w_t.grad, f"{loss} d/dW")
+    if options.get("learn_scale"):
+        assert_close(head.grads["scale"], scale_t.grad, f"{loss} d/ds")

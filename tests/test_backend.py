@@ -10,7 +10,8 @@ import amnp
 from amnp import backend
 from amnp import layers as L
 from amnp import losses
-from amnp.gradcheck import check_layer
+from amnp import functional as F
+from amnp.gradcheck import check_function, check_layer
 
 
 def test_default_is_numpy_and_names_are_checked():
@@ -41,14 +42,98 @@ def test_missing_cupy_is_explained(without_cupy):
     assert not available and "CuPy" in reason
 
 
-def test_environment_variable_is_read_at_import():
-    env = dict(os.environ, AMNP_BACKEND="numpy")
-    code = "import amnp; print(amnp.get_backend())"
+ALL_MODULES = ("amnp", "amnp.cli", "amnp.training", "amnp.evaluation", "amnp.figures", "amnp.data",
+               "amnp.checkpoint", "amnp.gradcheck")
+
+
+def test_a_bad_environment_variable_never_breaks_import():
+    """Imported in a fresh interpreter: no module may read AMNP_BACKEND at import time."""
+    code = ("import importlib, sys\n"
+            f"for name in {ALL_MODULES!r}: importlib.import_module(name)\n"
+            "import amnp\n"
+            "try:\n    amnp.get_backend()\n"
+            "except ValueError as exc:\n    print(exc)\n")
+    env = dict(os.environ, AMNP_BACKEND="tensorflow")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.stdout.strip() == "numpy"
-    env["AMNP_BACKEND"] = "tensorflow"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "unknown backend 'tensorflow'" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "AMNP_BACKEND='tensorflow': unknown backend 'tensorflow'; expected one of numpy, cupy")
+
+
+@pytest.fixture
+def unread_backend(monkeypatch):
+    """The state of a fresh import: no backend chosen yet, AMNP_BACKEND not read."""
+    monkeypatch.setattr(backend, "_current", None)
+    return monkeypatch
+
+
+def set_backend_message(name):
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        amnp.set_backend(name)
+    return str(info.value)
+
+
+def test_environment_variable_chooses_the_backend_on_first_use(unread_backend):
+    unread_backend.setenv("AMNP_BACKEND", " NumPy ")
+    assert amnp.get_backend() == "numpy"
+    unread_backend.setattr(backend, "_current", None)
+    unread_backend.delenv("AMNP_BACKEND")
+    assert amnp.get_backend() == "numpy"
+
+
+def test_unknown_name_in_the_variable_is_reported_where_it_matters(unread_backend):
+    unread_backend.setenv("AMNP_BACKEND", "tensorflow")
+    expected = "AMNP_BACKEND='tensorflow': " + set_backend_message("tensorflow")
+    for use in (amnp.get_backend, lambda: amnp.asarray([1.0]), lambda: L.Linear(2, 2), backend.xp):
+        with pytest.raises(ValueError) as info:  # every time: nothing falls back to NumPy
+            use()
+        assert str(info.value) == expected
+    with amnp.use_backend("numpy"):  # an explicit choice wins, and leaves the variable unread
+        assert amnp.get_backend() == "numpy"
+    with pytest.raises(ValueError, match="AMNP_BACKEND='tensorflow'"):
+        amnp.get_backend()
+    amnp.set_backend("numpy")
+    assert amnp.get_backend() == "numpy"
+
+
+def test_unavailable_cupy_in_the_variable_is_reported_where_it_matters(unread_backend, without_cupy):
+    unread_backend.setenv("AMNP_BACKEND", "cupy")
+    expected = "AMNP_BACKEND='cupy': " + set_backend_message("cupy")
+    with pytest.raises(RuntimeError) as info:
+        L.Conv2d(1, 1, 3)
+    assert str(info.value) == expected
+    with pytest.raises(RuntimeError):
+        amnp.get_backend()
+
+
+@pytest.mark.parametrize("value, error", [
+    ("tensorflow", "unknown backend 'tensorflow'"),
+    ("cupy", "the cupy backend needs CuPy"),
+])
+def test_cli_reports_a_bad_variable_in_one_line(unread_backend, without_cupy, tmp_path, capsys, value, error):
+    from amnp import cli
+
+    unread_backend.setenv("AMNP_BACKEND", value)
+    unread_backend.delenv("AMNP_DEBUG", raising=False)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "1", "--out", str(out)]) == cli.EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"amnp: error: AMNP_BACKEND={value!r}: ") and error in lines[0]
+    assert not out.exists()
+
+
+def test_trainer_without_a_backend_follows_the_variable(unread_backend, tmp_path):
+    from amnp.training import TrainConfig, Trainer
+
+    from .test_training import tiny_dataset
+
+    unread_backend.setenv("AMNP_BACKEND", "tensorflow")
+    with pytest.raises(ValueError, match="AMNP_BACKEND='tensorflow': unknown backend"):
+        Trainer(TrainConfig(iters=1, batch_size=4), tiny_dataset(), str(tmp_path), progress=False)
+    unread_backend.setenv("AMNP_BACKEND", "numpy")
+    config = TrainConfig(iters=1, batch_size=4)
+    trainer = Trainer(config, tiny_dataset(), str(tmp_path), progress=False)
+    assert trainer.config.backend == "numpy" and config.backend is None
 
 
 class FakeCupyArray:
@@ -141,3 +226,18 @@ def test_gradcheck_runs_on_cupy(cupy_module):
         layer = L.Conv2d(2, 2, 3, stride=1, padding=1, dtype=np.float64, rng=0)
         x = cupy_module.asarray(np.random.default_rng(0).standard_normal((1, 2, 4, 4)))
         assert all(r.passed for r in check_layer(layer, x))
+
+
+@pytest.mark.gpu
+def test_gradcheck_promotes_float32_checks_functional_pairs_and_kinks_on_cupy(cupy_module):
+    rng = np.random.default_rng(0)
+    with amnp.use_backend("cupy"):
+        layer = L.Linear(3, 2, rng=0)  # float32 parameters on the device
+    reports = check_layer(layer, cupy_module.asarray(rng.standard_normal((4, 3)), dtype=np.float32))
+    assert all(r.passed and r.promoted_from == "float32" for r in reports)
+    assert layer.params["weight"].dtype == np.float32
+    cos = cupy_module.asarray(rng.uniform(-0.9, 0.9, (4, 5)))
+    labels = cupy_module.asarray(rng.integers(0, 5, 4))
+    report, = check_function(F.am_softmax_forward, F.am_softmax_backward, (cos, labels), {"m": 0.35, "s": 16.0})
+    assert report.passed
+    assert check_layer(L.ReLU(), cupy_module.asarray([[0.0, 1.0]]), detect_kinks=True)[0].kinks == ((0, 0),)

@@ -1,4 +1,7 @@
 """Every bad input gets a clear error that names the layer or loss, never a wrong answer."""
+import os
+import traceback
+
 import numpy as np
 import pytest
 
@@ -43,6 +46,23 @@ def test_sequential_says_which_layer_failed():
     net = L.Sequential(L.Conv2d(3, 4, 3), L.Flatten(), L.Linear(10, 2))
     with pytest.raises(ValueError, match=r"Sequential\[2\] Linear: linear: input has 144 features"):
         net.forward(X4)
+
+
+def test_a_layer_error_keeps_its_cause_and_the_failing_frame():
+    """Nested containers name every level, and the chain of causes ends in the frame that
+    raised (a traceback printed by Python shows it; ``from None`` used to hide it)."""
+    net = L.Sequential(L.Flatten(), L.Residual(L.Linear(4, 4, rng=0)))
+    with pytest.raises(TypeError) as info:
+        net.forward(np.zeros((2, 4)))  # float64 input, float32 weights
+    assert str(info.value).startswith("Sequential[1] Residual: Residual[0] Linear: linear: operands must share")
+    causes = [info.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert [type(c) for c in causes] == [TypeError] * 3
+    assert str(causes[-1]).startswith("linear: operands must share one dtype")
+    frames = traceback.extract_tb(causes[-1].__traceback__)
+    assert (os.path.basename(frames[-1].filename), frames[-1].name) == ("validation.py", "same_dtype")
+    assert "linear_forward" in [f.name for f in frames]
 
 
 @pytest.mark.parametrize("make", [

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from amnp import functional as F
 from amnp.evaluation import (
     best_threshold,
     equal_error_rate,
@@ -60,6 +61,17 @@ def test_normalize_embeddings_unit_rows_and_zero_row():
     out = normalize_embeddings(emb)
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
     assert not np.any(np.isnan(out))
+
+
+def test_embeddings_are_normalised_as_the_cosine_layer_normalises_them():
+    """The embedding scored here is the one the cosine layer saw: sqrt(||x||² + eps), not
+    max(||x||, eps), which differ visibly for short rows."""
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((4, 3)) * np.array([[1.0], [1e-3], [1e-7], [0.0]])
+    _, cache = F.cosine_forward(emb, rng.standard_normal((5, 3)))
+    np.testing.assert_array_equal(normalize_embeddings(emb), cache.x_hat)
+    np.testing.assert_allclose(pair_scores(emb, np.array([[0, 2], [1, 2]])),
+                               [cache.x_hat[0] @ cache.x_hat[2], cache.x_hat[1] @ cache.x_hat[2]], rtol=1e-12)
 
 
 def test_fuse_mirror_is_normalised_sum():

@@ -106,3 +106,25 @@ def test_plot_features_on_circle(tmp_path):
     features = np.stack((np.cos(angles), np.sin(angles)), axis=1) * rng.uniform(1, 5, (labels.size, 1))
     out = tmp_path / "circle.png"
     assert_png(figures.plot_features_on_circle(features, labels, out), out)
+
+
+def test_target_logit_figure(tmp_path):
+    theta = np.radians([0.0, 60.0, 120.0, 179.0])
+    curves = figures.target_logit_curves(theta)
+    np.testing.assert_allclose(curves["softmax / NormFace: cos θ"], np.cos(theta))
+    np.testing.assert_allclose(curves["AM-Softmax m=0.35: cos θ − m"], np.cos(theta) - 0.35)
+    # θ = 60° lies in the sector k = 1 of m = 4: ψ = −cos(4θ) − 2
+    np.testing.assert_allclose(curves["A-Softmax m=4, λ=0"][1], -np.cos(4 * np.radians(60)) - 2, atol=1e-12)
+    np.testing.assert_allclose(curves["ArcFace m=0.5: cos(θ + m)"][1], np.cos(np.radians(60) + 0.5), atol=1e-12)
+    assert_png(figures.plot_target_logits(tmp_path / "psi.png"), tmp_path / "psi.png")
+
+
+def test_cli_lists_the_margin_family_and_draws_it(tmp_path, capsys):
+    from amnp import cli
+    from amnp.heads import LOSSES
+
+    assert cli.main(["margins", "--out", str(tmp_path / "t.png")]) == 0
+    printed = capsys.readouterr().out
+    for name in LOSSES:
+        assert name in printed
+    assert_png(tmp_path / "t.png", tmp_path / "t.png")

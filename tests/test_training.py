@@ -251,3 +251,38 @@ def test_resume_can_move_a_run_to_another_backend(tmp_path, tiny_cli):
     (out / "config.json").write_text(json.dumps(dict(settings, backend="cupy")))  # as if trained on a GPU
     assert cli.main(["train", "--resume", str(out), "--backend", "numpy", "--no-eval"]) == 0
     assert checkpoint.read(out / "checkpoint.npz")[2]["step"] == 4
+
+
+@pytest.mark.parametrize("arguments, logged", [
+    (["--loss", "softmax"], set()),
+    (["--loss", "normface", "--learn-scale", "--s", "10"], {"s"}),
+    (["--loss", "am-softmax", "--margin-ramp", "0.05"], {"m"}),
+    (["--loss", "am-softmax", "--no-feature-normalization"], {"m"}),
+    (["--loss", "sphereface", "--m", "3"], {"lam"}),
+    (["--loss", "arcface", "--m", "0.4"], set()),
+    (["--loss", "combined", "--margins", "1,0.2,0.1"], set()),
+])
+def test_cli_trains_every_member_and_logs_its_schedule(tmp_path, tiny_cli, arguments, logged):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--iters", "4", "--batch-size", "8", "--no-eval", "--out", str(out),
+                     *arguments]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    schedule_keys = set(records[-1]) - {"step", "epoch", "loss", "accuracy", "mean_target_cosine", "lr",
+                                        "images_per_s"}
+    assert schedule_keys == logged
+    assert all(-1 <= r["mean_target_cosine"] <= 1 for r in records)
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"] == arguments[1]
+    if "--margin-ramp" in arguments:
+        assert records[-1]["m"] == pytest.approx(0.05 * 3)  # m(t) = min(m, γ t) at the last step, t = 3
+
+
+def test_config_written_before_losses_had_options_still_loads():
+    old = dict(dataset="glyphs", model="small", loss="am-softmax", m=0.3, s=20.0, margin_ramp=None,
+               conditional_margin=True)
+    config = TrainConfig.from_dict(old)
+    config.validate()
+    assert config.loss_options["m"] == 0.3 and config.loss_options["conditional_margin"] is True
+    softmax = TrainConfig.from_dict(dict(old, loss="softmax"))
+    softmax.validate()
+    assert softmax.loss_options == {}

@@ -100,7 +100,8 @@ class Layer:
 
 
 def _in_context(exc: Exception, where: str) -> Exception:
-    """The same error with the position of the failing layer in front of its message."""
+    """The same kind of error with the position of the failing layer in front of its message;
+    raised ``from`` the original, whose traceback still ends in the failing frame."""
     if type(exc) in (ValueError, TypeError):
         return type(exc)(f"{where}: {exc}")
     return exc
@@ -130,7 +131,10 @@ class Sequential(Layer):
             try:
                 x = layer.forward(x)
             except (ValueError, TypeError) as exc:
-                raise _in_context(exc, f"{type(self).__name__}[{position}] {type(layer).__name__}") from None
+                in_context = _in_context(exc, f"{type(self).__name__}[{position}] {type(layer).__name__}")
+                if in_context is exc:  # a subclass whose constructor may differ: re-raised unchanged
+                    raise
+                raise in_context from exc
         self._cache = True
         return x
 
