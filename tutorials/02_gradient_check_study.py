@@ -60,6 +60,9 @@ def verdict(reports):
 #
 # **Predict first.** The float32 layer computes the same function to 7 digits. Will its check
 # pass at amnp's tolerance (rtol $10^{-5}$)?
+#
+# (amnp's `check_layer` never lets this happen to you: it checks a float32 layer through a float64
+# copy and says so in the report's `promoted_from`. Below we keep everything in float32 on purpose.)
 
 # %%
 conv = Conv2d(C, 3, kernel_size=3, stride=2, padding=1, dtype=np.float64, rng=rng)
@@ -214,6 +217,17 @@ flagged = [i for i in range(x.size) if crossed_kink(phi, x, i, 1e-6)]
 print(f"entries whose stencil crosses a kink: {flagged}")
 x[0, [1, 4]] = [1e-3, -1e-3]
 print(f"same check with those inputs moved to +-1e-3 (> h): {verdict(check_layer(relu, x, dout=ones))}")
+
+# %% [markdown]
+# amnp's checker has the same idea built in: `check_layer(..., detect_kinks=True)` evaluates each
+# entry at $\pm h$ and $\pm 2h$, flags the entries whose one-sided slopes do not lie on a line
+# (see `amnp.gradcheck`'s docstring for the exact rule), leaves them out of the comparison and
+# reports them, instead of failing blindly.
+
+# %%
+x[0, [1, 4]] = 0.0
+report = check_layer(relu, x, dout=ones, detect_kinks=True)[0]
+print(f"check_layer with detect_kinks: {report.verdict}; kinks at {list(report.kinks)}")
 
 # %% [markdown]
 # ## 4. A relative error that lies: AM-Softmax at s = 30
