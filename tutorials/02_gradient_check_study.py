@@ -164,6 +164,7 @@ ax.grid(True, which="both", alpha=0.3)
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(os.path.join(OUT, "02_h_sweep.png"), dpi=120)
+checks.show(os.path.join(OUT, "02_h_sweep.png"))
 
 # %% [markdown]
 # **Inline question 1.** Which $h$ minimises the float32 error in theory?

@@ -165,6 +165,7 @@ ax.set_ylim(-7.2, 1.1)
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(os.path.join(OUT, "05_target_logits.png"), dpi=120)
+checks.show(os.path.join(OUT, "05_target_logits.png"))
 try:
     from amnp.figures import plot_target_logits
 except ImportError:

@@ -226,6 +226,7 @@ for ax, (key, title, make_head, psi) in zip(axes, circle_heads(SEED + 7)):
 fig_all.suptitle("held-out features on the circle; ring: decision regions; outer ring: margin met", fontsize=10)
 fig_all.tight_layout(rect=(0, 0, 1, 0.93))
 fig_all.savefig(os.path.join(OUT, "07_circle_all.png"), dpi=110)
+checks.show(os.path.join(OUT, "07_circle_all.png"))
 
 # %% [markdown]
 # ## 4. On the sphere: five losses with a 3-D embedding
@@ -257,6 +258,7 @@ for i, (key, title, make_head) in enumerate(sphere_runs):
     ax.set_xticks([]); ax.set_yticks([]); ax.set_zticks([])
 fig3d.tight_layout(rect=(0, 0, 1, 0.95))
 fig3d.savefig(os.path.join(OUT, "07_sphere_all.png"), dpi=110)
+checks.show(os.path.join(OUT, "07_sphere_all.png"))
 
 # %% [markdown]
 # ## 5. Results

@@ -185,6 +185,7 @@ ax.set_title("ROC of the synthetic pairs")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(os.path.join(OUT, "09_roc.png"), dpi=110)
+checks.show(os.path.join(OUT, "09_roc.png"))
 
 # %% [markdown]
 # **Inline question 1.** LFW has 3000 different pairs. What is the smallest non-zero FAR it can measure?
