@@ -462,3 +462,11 @@ def test_answers():
     rejects(lambda v: checks.check_answer("04.radial", v), "zero", "should be a number")
     with pytest.raises(KeyError, match="no question"):
         checks.check_answer("99.nothing", 1)
+
+
+def test_every_check_is_fed_a_wrong_answer():
+    source = Path(__file__).read_text(encoding="utf-8")
+    names = [name for name in dir(checks) if name.startswith("check_") and callable(getattr(checks, name))]
+    untested = [name for name in names if f"rejects(checks.{name}," not in source
+                and not (name == "check_answer" and "checks.check_answer(" in source)]
+    assert len(names) >= 30 and not untested, untested
