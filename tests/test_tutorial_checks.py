@@ -423,6 +423,30 @@ def test_dir_at_far():
             "IMPOSTOR probes")
 
 
+def test_dir_at_far_is_checked_against_amnp_when_amnp_has_it(monkeypatch):
+    """amnp.evaluation.dir_at_far (similarity, gallery_labels, probe_labels, fars) -> {far: dir}:
+    a stand-in with that signature is picked up through the adapter."""
+    calls = []
+
+    def stand_in(similarity, gallery_labels, probe_labels, fars=(0.01,)):
+        calls.append(similarity.shape)
+        genuine = np.isin(probe_labels, gallery_labels)
+        best = similarity.argmax(axis=1)
+        score = similarity[np.arange(len(probe_labels)), best]
+        impostor = np.sort(score[~genuine])[::-1]
+        result = {}
+        for far in fars:
+            k = int(np.floor(far * impostor.size * (1 + 1e-9)))
+            t = impostor[k] if k < impostor.size else -np.inf
+            result[float(far)] = float(np.mean(((score > t) & (gallery_labels[best] == probe_labels))[genuine]))
+        return result
+
+    monkeypatch.setattr(evaluation, "dir_at_far", stand_in, raising=False)
+    assert checks.dir_at_far_reference() is not checks.reference_dir_at_far
+    checks.check_dir_at_far(checks.reference_dir_at_far)
+    assert calls
+
+
 # ---------------------------------------------------------------------------- tutorial 10
 def test_measure():
     def honest(step, sync, repeats):

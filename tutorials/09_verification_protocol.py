@@ -17,7 +17,8 @@
 # - say which FARs a test set can measure at all;
 # - evaluate open-set identification (DIR@FAR): probes from enrolled and from unseen identities.
 #
-# Everything is checked against `amnp.evaluation`. Definitions: `docs/derivations.md`,
+# Everything is checked against `amnp.evaluation` (DIR@FAR against `amnp.evaluation.dir_at_far` where
+# this version of amnp has it, else against a reference in `checks.py`). Definitions: `docs/derivations.md`,
 # [Verification metrics](../docs/derivations.md#verification).
 
 # %%
@@ -234,7 +235,7 @@ genuine = np.isin(labels[probe_index], enrolled)
 print(f"{genuine.sum()} genuine probes, {(~genuine).sum()} impostor probes")
 reference = checks.dir_at_far_reference()
 source = "amnp.evaluation.dir_at_far" if reference is not checks.reference_dir_at_far else \
-    "the reference in checks.py (amnp.evaluation has no dir_at_far yet)"
+    "the reference in checks.py (this amnp has no dir_at_far)"
 print(f"DIR@FAR reference: {source}")
 for far in (0.1, 0.01):
     mine = dir_at_far(gallery, enrolled, emb[probe_index], labels[probe_index], far)

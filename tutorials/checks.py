@@ -14,6 +14,7 @@ wrong answers of the kinds its hints describe and must fail with that hint.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 
@@ -473,7 +474,8 @@ def check_l2_normalize_backward(l2_normalize_backward):
               "subtract the radial part: dv = (dy - y (y . dy)) / ||v||; scaling v does not change y")
     if _close(got, want * norm):
         _fail("right direction, wrong size", "divide by ||v|| (row by row)")
-    if _close(got, dy - y * (y * dy).sum()) or _close(got / 1, (dy - y * (y * dy).sum()) / norm):
+    mixed_rows = (dy - y * (y * dy).sum()) / norm   # one projection for the whole batch
+    if _close(got, mixed_rows) or _close(got, mixed_rows * norm):
         _fail("the projection mixes rows", "wrong axis: y . dy is one number per row, sum over axis 1 with keepdims")
     _fail(f"dv: relative error {_worst(got, want):.1e}")
 
@@ -541,8 +543,7 @@ def reference_arcface(c, m):
     sin = np.sqrt(np.maximum(1.0 - c * c, 0.0))
     inside = c > math.cos(math.pi - m)
     psi = np.where(inside, c * math.cos(m) - sin * math.sin(m), c - m * math.sin(m))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = math.cos(m) + c * math.sin(m) / sin
+    slope = math.cos(m) + c * math.sin(m) / np.maximum(sin, 1e-4)  # finite as |c| -> 1, as amnp's
     return psi, np.where(inside, slope, 1.0)
 
 
@@ -574,8 +575,7 @@ def reference_combined(c, m1, m2, m3):
     """cos(m1 theta + m2) - m3, without fallback (insightface's combined margin)."""
     c = np.clip(np.asarray(c, dtype=np.float64), -1.0, 1.0)
     theta = np.arccos(c)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = m1 * np.sin(m1 * theta + m2) / np.sin(theta)
+    slope = m1 * np.sin(m1 * theta + m2) / np.maximum(np.sin(theta), 1e-4)
     return np.cos(m1 * theta + m2) - m3, slope
 
 
@@ -951,15 +951,19 @@ def _open_set(name):
 
 
 def dir_at_far_reference():
-    """amnp.evaluation's DIR@FAR when it exists, else the reference above."""
+    """DIR@FAR as amnp.evaluation computes it, when amnp has ``dir_at_far``, called through an
+    adapter with the tutorial's arguments; else :func:`reference_dir_at_far`."""
     fn = getattr(evaluation, "dir_at_far", None)
     if fn is None:
         return reference_dir_at_far
-    try:  # use amnp's only if it takes the same arguments
-        fn(*_open_set("signature"), 0.1)
-    except TypeError:
-        return reference_dir_at_far
-    return fn
+    parameters = list(inspect.signature(fn).parameters)
+    if parameters[:3] == ["similarity", "gallery_labels", "probe_labels"]:
+        def amnp_dir_at_far(gallery, gallery_labels, probes, probe_labels, far):
+            g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+            p = probes / np.linalg.norm(probes, axis=1, keepdims=True)
+            return fn(p @ g.T, gallery_labels, probe_labels, [far])[float(far)]
+        return amnp_dir_at_far
+    return reference_dir_at_far
 
 
 def check_dir_at_far(dir_at_far):
