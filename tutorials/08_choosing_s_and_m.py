@@ -43,9 +43,10 @@ from amnp.optim import SGD
 # %% [markdown]
 # ## 1. The smallest s for a target probability
 # With normalised features and weights, every logit lies in $[-s, s]$, so the softmax cannot become
-# confident unless $s$ is large enough (NormFace's bound). The best case for the target: its cosine
-# is 1 and the other $C-1$ class weights are as far away as they can all be at once, at cosine
-# $-1/(C-1)$ (a regular simplex). With the margin, the target logit is $s(1-m)$, so
+# confident unless $s$ is large enough (NormFace's bound). The best case that serves every class
+# at once: the feature lies on its class weight (cosine 1) and the class weights form a regular
+# simplex, so every other class is at cosine $-1/(C-1)$ (the lowest average possible for $C$ unit
+# vectors; see the derivation). With the margin, the target logit is $s(1-m)$, so
 #
 # $$p_y = \frac{e^{s(1-m)}}{e^{s(1-m)} + (C-1)e^{-s/(C-1)}} .$$
 #
