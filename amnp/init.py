@@ -3,7 +3,7 @@
 Drawing with a NumPy generator on the host means the same seed gives the same
 network on NumPy and on CuPy, which is what backend-parity tests rely on.
 
-Schemes (as in the SphereFace/AM-Softmax Caffe models, reference §5):
+Schemes (as in the SphereFace/AM-Softmax Caffe models, docs/derivations.md#sphereface-network):
 - ``"xavier"``: Caffe's xavier filler, uniform on [−a, a] with a = sqrt(3 / fan_in),
   so each output starts with about the variance of one input;
 - a float ``std``: zero-mean Gaussian with that standard deviation (the reference uses

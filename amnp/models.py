@@ -1,4 +1,4 @@
-"""The SphereFace residual networks (reference §5), built from the core layers.
+"""The SphereFace residual networks (docs/derivations.md#sphereface-network), built from the core layers.
 
 A network maps images (N, C, H, W) to embeddings (N, embedding_size); the
 classifier head (cosine layer + margin loss, or linear + softmax, see

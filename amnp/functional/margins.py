@@ -22,7 +22,7 @@ rules, whatever the member:
 So a member supplies only ψ and its derivative dψ/dc: the functions below,
 each a few lines, each returning ``(ψ(c), dψ/dc(c))`` for an array of target
 cosines.  For AM-Softmax dψ/dc = 1, so neither the loss nor its gradient needs
-arccos.  The derivations are in docs/derivations.md.
+arccos.  The derivations are in docs/derivations.md#margins.
 """
 from __future__ import annotations
 

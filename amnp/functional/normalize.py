@@ -1,4 +1,4 @@
-"""L2 normalisation of rows and the cosine layer built on it (reference §1).
+"""L2 normalisation of rows and the cosine layer built on it (derivation: docs/derivations.md#cosine-layer).
 
 Norms carry an ε inside the square root, ‖v‖_ε = sqrt(Σ v² + ε), so a zero
 vector maps to zero instead of NaN.  The gradients below are exact for that
