@@ -258,12 +258,12 @@ def check_input(shape, run, run_dir: str, where: str) -> None:
     (channels, height, width), (want_c, want_h, want_w) = tuple(shape), run.image_shape
     fixes = []
     if (height, width) != (want_h, want_w):
-        fixes.append(f"--image-size {want_h},{want_w}")
+        fixes.append(f"pass --image-size {want_h},{want_w}")
     if channels != want_c:
-        fixes.append("--grayscale" if want_c == 1 else "no --grayscale")
+        fixes.append("pass --grayscale" if want_c == 1 else "leave out --grayscale")
     if fixes:
         raise UsageError(f"{where} gives {channels}x{height}x{width} (CxHxW) images but the network "
-                         f"of {run_dir} takes {want_c}x{want_h}x{want_w}; use {' and '.join(fixes)}")
+                         f"of {run_dir} takes {want_c}x{want_h}x{want_w}; {' and '.join(fixes)}")
 
 
 def image_options(args, run):
