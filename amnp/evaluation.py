@@ -551,12 +551,13 @@ def best_gallery_match(
     emb = normalize_embeddings(emb)
     labels = np.asarray(labels)
     gallery_emb_t = emb[gallery].T  # (D, G)
-    best = np.empty((2, len(probes)))
+    score, best = np.empty(len(probes)), np.empty(len(probes), dtype=np.int64)
     for start in range(0, len(probes), chunk_size):  # a loop over chunks, not over probes
         sims = emb[probes[start : start + chunk_size]] @ gallery_emb_t  # (chunk, G)
-        best[0, start : start + chunk_size] = sims.max(axis=1)
-        best[1, start : start + chunk_size] = np.argmax(sims, axis=1)
-    return best[0], labels[gallery][best[1].astype(np.int64)]
+        best[start : start + chunk_size] = np.argmax(sims, axis=1)
+        score[start : start + chunk_size] = np.take_along_axis(
+            sims, best[start : start + chunk_size, None], axis=1)[:, 0]
+    return score, labels[gallery][best]
 
 
 def _check_far(target: float) -> float:

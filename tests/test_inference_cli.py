@@ -49,25 +49,28 @@ def files_under(*roots):
     return {os.path.join(d, f) for root in roots for d, _, names in os.walk(root) for f in names}
 
 
-def test_load_run_builds_the_network_only(trained, monkeypatch):
+@pytest.fixture
+def inference_only(monkeypatch):
+    """Inference must build no trainer or optimizer and load no training data."""
     def forbidden(*args, **kwargs):
         raise AssertionError("inference must not build this")
 
-    monkeypatch.setattr("amnp.training.Trainer.__init__", forbidden)
-    monkeypatch.setattr("amnp.optim.SGD.__init__", forbidden)
-    monkeypatch.setattr("amnp.data.load_folder_dataset", forbidden)
+    for target in ("amnp.training.Trainer.__init__", "amnp.optim.SGD.__init__",
+                   "amnp.data.load_folder_dataset", "amnp.data.load_glyphs", "amnp.cli.open_dataset"):
+        monkeypatch.setattr(target, forbidden)
+
+
+def test_load_run_builds_the_network_only(trained, inference_only):
     run = amnp.load_run(trained["run"])
     assert run.image_shape == (3, 16, 16) and run.mirror is True and run.step == 2
     assert run.config.dataset == f"folder:{trained['faces']}"
-    _, _, meta = checkpoint.read(trained["run"] / "checkpoint.npz")
-    params, _, _ = checkpoint.read(trained["run"] / "checkpoint.npz")
+    params, _, meta = checkpoint.read(trained["run"] / "checkpoint.npz")
+    assert meta["image_shape"] == [3, 16, 16]
     for name, value in run.net.state_dict().items():
         np.testing.assert_array_equal(value, params[f"net.{name}"])
-    assert meta["image_shape"] == [3, 16, 16]
 
 
-def test_eval_pairs_writes_the_eval_json_keys_next_to_the_run(trained, capsys, monkeypatch):
-    monkeypatch.setattr("amnp.training.Trainer.__init__", None)  # would fail if called
+def test_eval_pairs_writes_the_eval_json_keys_next_to_the_run(trained, capsys, inference_only):
     before = (trained["run"] / "eval.json").read_text()
     assert cli.main(["eval", str(trained["run"]), "--pairs", str(trained["pairs"]),
                      "--images", str(trained["lfw"])]) == 0
@@ -80,7 +83,7 @@ def test_eval_pairs_writes_the_eval_json_keys_next_to_the_run(trained, capsys, m
     assert (trained["run"] / "eval.json").read_text() == before, "the run's own evaluation stays"
 
 
-def test_embed_and_verify_agree(trained, tmp_path, capsys):
+def test_embed_and_verify_agree(trained, tmp_path, capsys, inference_only):
     out = tmp_path / "features"  # no .npz suffix: written exactly there
     assert cli.main(["embed", str(trained["run"]), "--images", str(trained["lfw"]), "--out", str(out)]) == 0
     with np.load(out, allow_pickle=False) as saved:
@@ -197,3 +200,21 @@ def test_unreadable_images_are_one_plain_line(tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
     assert warnings == [f"amnp: warning: skipped 2 unreadable image file(s) under {faces}, "
                         f"e.g. {faces / 'p0' / 'broken.png'}"]
+
+
+def test_runs_saved_before_the_input_shape_was_recorded(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as archive:
+        contents = {key: archive[key] for key in archive.files}
+    meta = json.loads(str(contents["meta"]))
+    del meta["image_shape"], meta["mirror"]
+    contents["meta"] = np.array(json.dumps(meta))
+    np.savez(run / "checkpoint.npz", **contents)
+    with pytest.raises(checkpoint.CheckpointError, match="does not record the image size"):
+        amnp.load_run(run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(config, dataset="glyphs")))
+    # glyphs have one input, 1x32x32: this network (3x16x16) is then not the checkpoint's
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this network: 0.weight has shape"):
+        amnp.load_run(run)
