@@ -537,7 +537,7 @@ def best_gallery_match(
     emb : array_like, shape (N, D)
     labels : array_like of int, shape (N,)
     gallery, probes : array_like of int, shapes (G,) and (Q,)
-        Row indices into ``emb``; already checked by the caller.
+        Row indices into ``emb``; the gallery must not be empty.
 
     Returns
     -------
@@ -550,6 +550,10 @@ def best_gallery_match(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     emb = normalize_embeddings(emb)
     labels = np.asarray(labels)
+    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
+    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
+    if gallery.size == 0:
+        raise ValueError("the gallery must not be empty")
     gallery_emb_t = emb[gallery].T  # (D, G)
     score, best = np.empty(len(probes)), np.empty(len(probes), dtype=np.int64)
     for start in range(0, len(probes), chunk_size):  # a loop over chunks, not over probes
