@@ -73,7 +73,7 @@ def load_run(run_dir) -> Run:
     else:
         raise checkpoint.CheckpointError(
             f"checkpoint {path} does not record the image size its network takes (it was saved "
-            "by an older amnp); continue the run once with `amnp train --resume` to record it")
+            f"by an older amnp); `amnp train --resume {run_dir} --no-eval` rewrites it with that record")
     net = models.build(config.model, image_shape, rng=np.random.default_rng(config.seed))
     meta = checkpoint.load_network(path, net)
     return Run(net, config, int(meta["step"]), image_shape, mirror)
