@@ -63,17 +63,60 @@ def read(path):
     return params, velocity, meta
 
 
+def mismatches(given: dict, own: dict, complete: bool) -> list[str]:
+    """What keeps the arrays ``given`` from replacing ``own`` (both {name: array}):
+    missing names (when ``complete``), unexpected names, other shapes, other dtypes."""
+    problems = []
+    missing = sorted(set(own) - set(given)) if complete else []
+    unexpected = sorted(set(given) - set(own))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in sorted(set(given) & set(own)):
+        if tuple(given[name].shape) != tuple(own[name].shape):
+            problems.append(f"{name} has shape {tuple(given[name].shape)}, "
+                            f"the model needs {tuple(own[name].shape)}")
+        elif np.dtype(given[name].dtype) != np.dtype(own[name].dtype):
+            problems.append(f"{name} has dtype {given[name].dtype}, the model needs {own[name].dtype}")
+    return problems
+
+
+def _parameters(model) -> dict:
+    return {name: owner.params[key] for name, owner, key in model.named_parameters()}
+
+
 def load(path, model, optimizer=None) -> dict:
     """Load a checkpoint into ``model`` (and ``optimizer``); returns its meta dict.
 
-    A checkpoint from another model (other parameter names or shapes) is a
-    CheckpointError naming what does not match; nothing is loaded then.
+    All or nothing: every parameter and momentum array is checked for its name,
+    shape and dtype before anything is assigned, so a checkpoint from another
+    model is a CheckpointError naming what does not match, and neither the
+    model nor the optimizer changes.  Momentum may cover fewer parameters than
+    the model (none at step 0), never others.
     """
     params, velocity, meta = read(path)
-    try:
-        if optimizer is not None:  # checked against the model's shapes before anything is loaded
-            optimizer.load_state_dict({name: asarray(v) for name, v in velocity.items()})
-        model.load_state_dict(params)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from None
+    own = _parameters(model)
+    problems = [f"parameters: {p}" for p in mismatches(params, own, complete=True)]
+    if optimizer is not None:
+        problems += [f"momentum: {p}" for p in mismatches(velocity, own, complete=False)]
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}")
+    model.load_state_dict(params)
+    if optimizer is not None:
+        optimizer.load_state_dict({name: asarray(v) for name, v in velocity.items()})
+    return meta
+
+
+def load_network(path, net, prefix: str = "net.") -> dict:
+    """Load only the embedding network of a training checkpoint (its parameters named
+    ``prefix`` + name, see ``TrainingModel``) into ``net``, for inference: the classifier
+    head and the momentum are not read into memory beyond the file.  All or nothing,
+    as ``load``; returns the meta dict."""
+    params, _, meta = read(path)
+    params = {name[len(prefix):]: v for name, v in params.items() if name.startswith(prefix)}
+    problems = mismatches(params, _parameters(net), complete=True)
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit this network: {'; '.join(problems)}")
+    net.load_state_dict(params)
     return meta

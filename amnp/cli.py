@@ -1,4 +1,4 @@
-"""The ``amnp`` command: ``amnp train`` and ``amnp eval DIR``.
+"""The ``amnp`` command: ``amnp train``, ``amnp eval DIR``, ``amnp embed DIR``, ``amnp verify DIR``.
 
 Every expected failure (bad options, missing data, a checkpoint that does not
 fit, a diverging run) ends with one line ``amnp: error: ...`` and a non-zero
@@ -15,13 +15,18 @@ import json
 import os
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint, data, figures
 from .backend import get_backend, set_backend
+from .functional import l2_normalize_forward
 from .heads import LOSSES
-from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, parse_dataset_spec, read_metrics
+from .run import load_run, read_config
+from .training import (TrainConfig, Trainer, TrainingDiverged, embed, evaluate, held_out_metrics,
+                       parse_dataset_spec, read_metrics)
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -30,14 +35,41 @@ class UsageError(Exception):
     pass
 
 
-def open_dataset(spec: str, seed: int):
-    """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset."""
+def open_dataset(spec: str, seed: int, image_size=None, grayscale: bool = False):
+    """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset (image_size and grayscale:
+    folder datasets only, TrainConfig.validate says so)."""
     kind, path = parse_dataset_spec(spec)
     if kind == "glyphs":
         return data.load_glyphs(seed=seed, progress=sys.stderr.isatty())
     if kind == "folder":
-        return data.load_folder_dataset(path, seed=seed)
+        return data.load_folder_dataset(path, seed=seed, image_size=image_size, grayscale=grayscale)
     return data.load_mnist_dataset(path, seed=seed)
+
+
+def parse_image_size(text: str | None):
+    """"H,W" -> [H, W] (None stays None)."""
+    if text is None:
+        return None
+    try:
+        height, width = (int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--image-size takes two integers H,W (e.g. 112,96), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"--image-size must be positive, got {text!r}")
+    return [height, width]
+
+
+def add_image_options(command, what: str) -> None:
+    """The options that say how to read images for a run's network."""
+    command.add_argument("--grayscale", action="store_true",
+                         help=f"read {what} as 1 channel (for a network trained on grayscale images)")
+    command.add_argument("--image-size", metavar="H,W", default=None,
+                         help=f"resize {what} to H,W (bilinear, as training does)")
+    command.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                         help="fuse each image's features with its mirror's (default: as the run's "
+                              "dataset: faces yes, glyphs and digits no)")
+    command.add_argument("--backend", default=None,
+                         help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an embedding network with AM-Softmax (defaults: glyphs, small preset, CPU)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--dataset", default=defaults.dataset, help="glyphs, folder:PATH or mnist:PATH")
+    train.add_argument("--image-size", metavar="H,W", default=None,
+                       help="folder datasets: resize every image to H,W (needed when sizes differ)")
+    train.add_argument("--grayscale", action="store_true", help="folder datasets: read images as 1 channel")
     train.add_argument("--model", default=defaults.model, help="small, sphereface4/10/20/36/64")
     train.add_argument("--loss", default=defaults.loss, help=", ".join(LOSSES))
     add_loss_options(train)
@@ -67,11 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    train.set_defaults(parser=train)  # for telling which options were given (--resume)
 
-    evaluate_cmd = commands.add_parser("eval", help="re-evaluate a saved run")
+    evaluate_cmd = commands.add_parser(
+        "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree")
     evaluate_cmd.add_argument("run_dir", metavar="DIR")
-    evaluate_cmd.add_argument("--backend", default=None,
-                              help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
+    evaluate_cmd.add_argument("--pairs", metavar="PAIRS_TXT", default=None,
+                              help="LFW-style pairs.txt (its folds); needs --images")
+    evaluate_cmd.add_argument("--images", metavar="ROOT", default=None,
+                              help="LFW-layout image tree ROOT/<name>/<name>_0001.jpg; needs --pairs")
+    evaluate_cmd.add_argument("--out", metavar="FILE", default=None,
+                              help="with --pairs: the JSON to write (default DIR/eval-<name of ROOT>.json)")
+    add_image_options(evaluate_cmd, "the images")
+    evaluate_cmd.set_defaults(parser=evaluate_cmd)
+
+    embed_cmd = commands.add_parser("embed", help="L2-normalised features of every image of a tree")
+    embed_cmd.add_argument("run_dir", metavar="DIR")
+    embed_cmd.add_argument("--images", metavar="ROOT", required=True,
+                           help="image tree ROOT/<identity>/<image>.png|.jpg")
+    embed_cmd.add_argument("--out", metavar="FILE", default=None,
+                           help="the .npz to write (default DIR/embeddings-<name of ROOT>.npz)")
+    add_image_options(embed_cmd, "the images")
+
+    verify_cmd = commands.add_parser(
+        "verify", help="are two images the same identity? (cosine and the run's threshold)")
+    verify_cmd.add_argument("run_dir", metavar="DIR")
+    verify_cmd.add_argument("image_a", metavar="IMAGE_A")
+    verify_cmd.add_argument("image_b", metavar="IMAGE_B")
+    add_image_options(verify_cmd, "both images")
 
     margins_cmd = commands.add_parser(
         "margins", help="list the losses of the margin family and draw their target logits ψ(θ)")
@@ -132,7 +190,8 @@ def loss_options_from_args(args) -> dict:
 
 
 def config_from_args(args) -> TrainConfig:
-    config = TrainConfig(dataset=args.dataset, model=args.model, loss=args.loss,
+    config = TrainConfig(dataset=args.dataset, image_size=parse_image_size(args.image_size),
+                         grayscale=args.grayscale, model=args.model, loss=args.loss,
                          loss_options=loss_options_from_args(args),
                          batch_size=args.batch_size, lr=args.lr,
                          backend=args.backend, seed=args.seed)
@@ -140,19 +199,6 @@ def config_from_args(args) -> TrainConfig:
         config.iters, config.epochs = args.iters, None
     elif args.epochs is not None:
         config.epochs = args.epochs
-    config.validate()
-    return config
-
-
-def read_config(run_dir: str) -> TrainConfig:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UsageError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        with open(path) as file:
-            config = TrainConfig.from_dict(json.load(file))
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is not a valid run configuration ({exc})") from None
     config.validate()
     return config
 
@@ -175,11 +221,18 @@ def new_run_dir(config: TrainConfig, out: str | None) -> str:
 
 
 def summary(metrics: dict) -> str:
+    """One line; the protocol's real size is in it (folds, pairs, and whether folds share
+    identities), so a small protocol never reads like LFW's."""
     tar = metrics["tar_at_far"]
-    return (f"held-out verification accuracy {100 * metrics['verification_accuracy']:.2f}% "
-            f"± {100 * metrics['verification_accuracy_std']:.2f} (10 folds, {metrics['num_pairs']} pairs); "
+    folds = f"{metrics['num_folds']} folds" + (" sharing identities" if metrics["folds_share_identities"] else "")
+    line = (f"held-out verification accuracy {100 * metrics['verification_accuracy']:.2f}% "
+            f"± {100 * metrics['verification_accuracy_std']:.2f} ({folds}, {metrics['num_pairs']} pairs); "
             f"TAR@FAR=1e-2 {100 * tar['1e-2']:.2f}%, TAR@FAR=1e-3 {100 * tar['1e-3']:.2f}%; "
             f"EER {100 * metrics['eer']:.2f}%; identification top-1 {100 * metrics['identification_top1']:.2f}%")
+    impostors, allowed = metrics["open_set_impostor_probes"], metrics["dir_impostors_allowed"]["1e-2"]
+    resolution = (f"{allowed} of {impostors} impostor probes may pass" if allowed else
+                  f"only {impostors} impostor probes, so this is FAR=0")
+    return line + f"; DIR@FAR=1e-2 {100 * metrics['dir_at_far']['1e-2']:.2f}% ({resolution})"
 
 
 def sample_indices(labels, identities=8, per_identity=8):
@@ -190,9 +243,9 @@ def sample_indices(labels, identities=8, per_identity=8):
     return np.concatenate([np.flatnonzero(labels == c)[:per_identity] for c in chosen])
 
 
-def report(run_dir: str, net, dataset) -> dict:
+def report(run_dir: str, net, dataset, seed: int) -> dict:
     """Evaluate, write eval.json and every figure, print the summary."""
-    metrics = evaluate(net, dataset, run_dir)
+    metrics = evaluate(net, dataset, run_dir, seed)
     figure_dir = os.path.join(run_dir, "figures")
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     if records:
@@ -205,8 +258,29 @@ def report(run_dir: str, net, dataset) -> dict:
     return metrics
 
 
+RESUME_OPTIONS = ("resume", "backend", "stop_at", "no_eval")
+
+
+def options_given(parser, args, allowed) -> list[str]:
+    """The options of ``parser``, other than ``allowed`` (dests), given on the command line:
+    those whose value in ``args`` is not their default, and those without a default (the
+    loss options) that are present at all."""
+    def given(action):
+        if action.default is argparse.SUPPRESS:
+            return hasattr(args, action.dest)
+        return getattr(args, action.dest, action.default) != action.default
+
+    return ["/".join(o for o in action.option_strings if o.startswith("--")) for action in parser._actions
+            if action.option_strings and action.dest not in allowed and given(action)]
+
+
 def train_command(args) -> int:
     if args.resume is not None:
+        ignored = options_given(args.parser, args, RESUME_OPTIONS)
+        if ignored:
+            raise UsageError(
+                f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
+                f"cannot apply; on resume only --backend, --stop-at and --no-eval do")
         config = read_config(args.resume)
         if args.backend is not None:
             config.backend = args.backend
@@ -216,7 +290,7 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    dataset = open_dataset(config.dataset, config.seed)
+    dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
     trainer = Trainer(config, dataset, run_dir)
     if args.resume is not None:
         trainer.resume()
@@ -240,27 +314,139 @@ def train_command(args) -> int:
         print(f"checkpoint saved; continue with: amnp train --resume {run_dir}")
         return EXIT_INTERRUPTED if status == "interrupted" else 0
     if not args.no_eval:
-        report(run_dir, trainer.model.net, dataset)
+        report(run_dir, trainer.model.net, dataset, config.seed)
     return 0
+
+
+def check_input(shape, run, run_dir: str, where: str) -> None:
+    """Images of ``shape`` (C, H, W) must be what the run's network takes; otherwise one
+    error that names the option that fixes it."""
+    (channels, height, width), (want_c, want_h, want_w) = tuple(shape), run.image_shape
+    fixes = []
+    if (height, width) != (want_h, want_w):
+        fixes.append(f"pass --image-size {want_h},{want_w}")
+    if channels != want_c:
+        fixes.append("pass --grayscale" if want_c == 1 else "leave out --grayscale")
+    if fixes:
+        raise UsageError(f"{where} gives {channels}x{height}x{width} (CxHxW) images but the network "
+                         f"of {run_dir} takes {want_c}x{want_h}x{want_w}; {' and '.join(fixes)}")
+
+
+def image_options(args, run):
+    """(image_size, grayscale, mirror) from the options; mirror defaults to the run's."""
+    return (parse_image_size(args.image_size), args.grayscale,
+            run.mirror if args.mirror is None else args.mirror)
+
+
+def open_run(args):
+    """The run's network on the chosen backend (no trainer, no optimizer, no training data)."""
+    set_backend(args.backend or get_backend())
+    return load_run(args.run_dir)
+
+
+def features(net, images_uint8, mirror: bool) -> np.ndarray:
+    """L2-normalised features (N, D), float64, with the ε-norm of amnp.functional."""
+    return l2_normalize_forward(embed(net, images_uint8, mirror))[0]
 
 
 def eval_command(args) -> int:
-    config = read_config(args.run_dir)
-    config.backend = args.backend
-    choose_backend(config)
-    dataset = open_dataset(config.dataset, config.seed)
-    trainer = Trainer(config, dataset, args.run_dir, progress=False)
-    meta = checkpoint.load(os.path.join(args.run_dir, "checkpoint.npz"), trainer.model)
-    print(f"evaluating {args.run_dir} at step {meta['step']}")
-    report(args.run_dir, trainer.model.net, dataset)
+    if (args.pairs is None) != (args.images is None):
+        raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
+    if args.pairs is None:
+        given = options_given(args.parser, args, ("run_dir", "backend", "pairs", "images"))
+        if given:
+            raise UsageError(f"{', '.join(given)} apply only with --pairs and --images; without them "
+                             f"eval re-evaluates the run on its own held-out identities")
+        return eval_held_out(args)
+    run = open_run(args)
+    image_size, grayscale, mirror = image_options(args, run)
+    out = args.out or os.path.join(args.run_dir, f"eval-{Path(args.images).resolve().name}.json")
+    pairs = data.load_lfw_pairs(args.pairs, args.images, image_size=image_size, grayscale=grayscale)
+    check_input(pairs.test_images.shape[1:], run, args.run_dir, f"--images {args.images}")
+    print(f"evaluating {args.run_dir} at step {run.step} on {args.pairs}: "
+          f"{len(pairs.test_images)} images of {len(pairs.identity_names)} identities"
+          f"{', mirror-fused' if mirror else ''}")
+    metrics, _ = held_out_metrics(run.net, pairs.test_images, pairs.test_labels, pairs.pairs,
+                                  pairs.pair_same, pairs.pair_fold, mirror, run.config.seed)
+    with open(out, "w") as file:
+        json.dump(metrics, file, indent=2)
+    print(summary(metrics))
+    print(f"results in {out}")
     return 0
+
+
+def eval_held_out(args) -> int:
+    """Re-evaluate on the run's own held-out identities: the dataset is reopened because
+    the held-out split is drawn from all its identities; figures are redrawn."""
+    run = open_run(args)
+    config = run.config
+    dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
+    print(f"evaluating {args.run_dir} at step {run.step}")
+    report(args.run_dir, run.net, dataset, config.seed)
+    return 0
+
+
+def embed_command(args) -> int:
+    run = open_run(args)
+    image_size, grayscale, mirror = image_options(args, run)
+    out = args.out or os.path.join(args.run_dir, f"embeddings-{Path(args.images).resolve().name}.npz")
+    folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
+    check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
+    found = features(run.net, folder.images, mirror).astype(np.float32)
+    with open(out, "wb") as file:  # a file object: np.savez would add ".npz" to a path without it
+        np.savez(file, features=found, paths=np.array(folder.paths), labels=folder.labels,
+                 identities=np.array(folder.class_names))
+    print(f"{len(found)} images of {len(folder.class_names)} identities -> {out}: features "
+          f"{found.shape[0]}x{found.shape[1]} (L2-normalised{', mirror-fused' if mirror else ''}), "
+          "paths, labels, identities")
+    return 0
+
+
+def verify_command(args) -> int:
+    eval_json = os.path.join(args.run_dir, "eval.json")
+    stored = {}
+    if os.path.isfile(eval_json):
+        with open(eval_json) as file:
+            stored = json.load(file)
+    if "threshold" not in stored:
+        raise UsageError(f"{eval_json} holds no decision threshold; run `amnp eval {args.run_dir}` first")
+    run = open_run(args)
+    image_size, grayscale, mirror = image_options(args, run)
+    if mirror != stored.get("mirror_fused", run.mirror):
+        raise UsageError(f"the threshold in {eval_json} was chosen on features "
+                         f"{'with' if stored.get('mirror_fused') else 'without'} mirror fusion; "
+                         f"drop --{'no-' if not mirror else ''}mirror")
+    images = []
+    for path in (args.image_a, args.image_b):
+        try:
+            image = data.read_image(path, grayscale=grayscale, image_size=image_size)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UsageError(f"cannot read image {path} ({exc})") from None
+        check_input(image.shape, run, args.run_dir, path)
+        images.append(image)
+    found = features(run.net, np.stack(images), mirror)
+    cosine, threshold = float(found[0] @ found[1]), float(stored["threshold"])
+    decision = "same identity" if cosine >= threshold else "different identities"
+    print(f"cosine {cosine:.4f}, threshold {threshold:.4f} (chosen on the held-out pairs of "
+          f"{args.run_dir}): {decision}")
+    return 0
+
+
+COMMANDS = {"train": train_command, "eval": eval_command, "embed": embed_command, "verify": verify_command,
+            "margins": margins_command}
+
+
+def plain_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (skipped unreadable images, a reduced pairs protocol) as one plain line."""
+    print(f"amnp: warning: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": train_command, "eval": eval_command, "margins": margins_command}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = plain_warning
+            return COMMANDS[args.command](args)
     except TrainingDiverged as exc:
         print(f"amnp: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED

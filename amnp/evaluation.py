@@ -18,8 +18,15 @@ come the usual metrics:
   pairs accepted) over all thresholds,
 * TAR at a fixed FAR, and the equal error rate (EER) where FAR = 1 - TAR.
 
-Identification ("who is this?") is measured with closed-set rank-1 accuracy:
-each probe takes the label of its most similar gallery image.
+Identification ("who is this?") is measured two ways:
+
+* closed-set rank-1 accuracy: each probe takes the label of its most similar
+  gallery image, and every probe's identity is enrolled;
+* open-set identification (BLUFR's DIR@FAR): some probes are impostors whose
+  identity is not enrolled; a probe is accepted when its best gallery score
+  passes a threshold set by the impostors (FAR), and the detection-and-
+  identification rate (DIR) is the fraction of genuine probes accepted *and*
+  matched to their own identity.
 
 Every function accepts anything ``np.asarray`` understands, so CuPy
 embeddings must be moved to the host first (``cupy.asnumpy``).
@@ -43,6 +50,10 @@ __all__ = [
     "tar_at_far",
     "equal_error_rate",
     "identification_top1",
+    "best_gallery_match",
+    "dir_at_far",
+    "open_set_identification",
+    "folds_share_identities",
     "evaluate_verification",
     "far_key",
 ]
@@ -406,14 +417,11 @@ def tar_at_far(
     false_accepts = np.rint(far * n_diff)  # exact integer counts of accepted impostors
     result = {}
     for target in fars:
-        target = float(target)
-        if not 0.0 <= target <= 1.0:
-            raise ValueError(f"target FAR must lie in [0, 1], got {target}")
-        allowed = np.floor(target * n_diff * (1 + 1e-9))
+        allowed = impostors_allowed(target, n_diff)
         # FAR (and TAR) only grow along the ROC, so the last admissible
         # point has the largest TAR; point 0, (0, 0), is always admissible.
         last = np.searchsorted(false_accepts, allowed, side="right") - 1
-        result[target] = float(tar[last])
+        result[float(target)] = float(tar[last])
     return result
 
 
@@ -510,23 +518,218 @@ def identification_top1(
         raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
     if not np.all(np.isin(labels[probes], labels[gallery])):
         raise ValueError("closed-set identification: every probe identity must appear in the gallery")
+    _, matched = best_gallery_match(emb, labels, gallery, probes, chunk_size)
+    return float(np.mean(matched == labels[probes]))
+
+
+def best_gallery_match(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    gallery: np.ndarray,
+    probes: np.ndarray,
+    chunk_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each probe's most similar gallery image: its cosine and its identity.
+
+    ``score[q] = max_g <e_q, e_g>`` and ``matched[q] = labels[argmax_g <e_q, e_g>]``
+    with ``e`` the L2-normalised embeddings. An identity enrolled with several
+    images is thus scored by its best image (the maximum over its images).
+    One matrix product per chunk of ``chunk_size`` probes bounds the memory at
+    ``chunk_size * len(gallery)`` floats; ties go to the first gallery image.
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+    labels : array_like of int, shape (N,)
+    gallery, probes : array_like of int, shapes (G,) and (Q,)
+        Row indices into ``emb``; the gallery must not be empty.
+
+    Returns
+    -------
+    score : ndarray, shape (Q,)
+        Best cosine of each probe.
+    matched : ndarray, shape (Q,)
+        Identity of that best gallery image.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-
+    emb = normalize_embeddings(emb)
+    labels = np.asarray(labels)
+    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
+    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
+    if gallery.size == 0:
+        raise ValueError("the gallery must not be empty")
     gallery_emb_t = emb[gallery].T  # (D, G)
-    gallery_labels = labels[gallery]
-    n_correct = 0
-    for start in range(0, probes.size, chunk_size):
-        chunk = probes[start : start + chunk_size]
-        sims = emb[chunk] @ gallery_emb_t  # (chunk, G) cosine similarities
-        predicted = gallery_labels[np.argmax(sims, axis=1)]
-        n_correct += int(np.count_nonzero(predicted == labels[chunk]))
-    return n_correct / probes.size
+    score, best = np.empty(len(probes)), np.empty(len(probes), dtype=np.int64)
+    for start in range(0, len(probes), chunk_size):  # a loop over chunks, not over probes
+        sims = emb[probes[start : start + chunk_size]] @ gallery_emb_t  # (chunk, G)
+        best[start : start + chunk_size] = np.argmax(sims, axis=1)
+        score[start : start + chunk_size] = np.take_along_axis(
+            sims, best[start : start + chunk_size, None], axis=1)[:, 0]
+    return score, labels[gallery][best]
+
+
+def _check_far(target: float) -> float:
+    target = float(target)
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target FAR must lie in [0, 1], got {target}")
+    return target
+
+
+def impostors_allowed(far: float, num_impostors: int) -> int:
+    """How many of ``num_impostors`` may pass at a target FAR: ``floor(far * n)``
+    (a relative tolerance of 1e-9 absorbs rounding, so 1e-2 of 300 allows 3).
+    The FAR resolution is ``1 / num_impostors``: below it, no impostor may pass."""
+    return int(np.floor(_check_far(far) * num_impostors * (1 + 1e-9)))
+
+
+def _dir_from_best(score, matched, probe_labels, genuine, fars) -> dict[float, float]:
+    """DIR at each target FAR from each probe's best gallery match (see ``dir_at_far``)."""
+    impostor_scores = np.sort(score[~genuine])[::-1]  # descending
+    genuine_score = score[genuine]
+    identified = matched[genuine] == probe_labels[genuine]
+    result = {}
+    for target in fars:
+        k = impostors_allowed(target, impostor_scores.size)
+        # At most k impostors pass "score > t" when t is the (k+1)-th best impostor
+        # score; ties with it are refused together, never counted past k.
+        threshold = impostor_scores[k] if k < impostor_scores.size else -np.inf
+        result[float(target)] = float(np.mean(identified & (genuine_score > threshold)))
+    return result
+
+
+def dir_at_far(
+    similarity: np.ndarray,
+    gallery_labels: np.ndarray,
+    probe_labels: np.ndarray,
+    fars: Sequence[float] = (1e-2, 1e-1),
+) -> dict[float, float]:
+    """Open-set identification: detection-and-identification rate at rank 1 (BLUFR).
+
+    A probe whose identity is enrolled in the gallery is *genuine*, any other
+    probe is an *impostor*. Each probe's best gallery score is
+    ``b_q = max_g similarity[q, g]``. For a target FAR the threshold ``t`` is
+    the lowest that lets at most ``floor(FAR * n_impostors)`` impostors pass
+    ``b_q > t``; then
+
+        DIR(FAR) = #{genuine q : b_q > t and label(argmax_g) = label(q)} / #genuine.
+
+    Resolution: FAR only takes the values ``0, 1/n, 2/n, ...`` for ``n``
+    impostor probes, so a target below ``1/n`` means FAR = 0 (``t`` is the
+    best impostor score). Ties: impostors tied at the threshold are all
+    refused, and so are genuine probes with exactly that score.
+
+    Parameters
+    ----------
+    similarity : array_like of float, shape (Q, G)
+        Score of each probe against each gallery image.
+    gallery_labels : array_like of int, shape (G,)
+        Identity of each gallery image (an identity may have several).
+    probe_labels : array_like of int, shape (Q,)
+        Identity of each probe.
+    fars : sequence of float
+        Target false accept rates, each in [0, 1].
+
+    Returns
+    -------
+    dict
+        ``{target_far: dir}`` with values in [0, 1].
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    gallery_labels, probe_labels = np.asarray(gallery_labels), np.asarray(probe_labels)
+    if similarity.ndim != 2 or similarity.shape != (probe_labels.size, gallery_labels.size):
+        raise ValueError(
+            f"similarity must have shape (probes, gallery) = ({probe_labels.size}, "
+            f"{gallery_labels.size}), got {similarity.shape}")
+    if not np.all(np.isfinite(similarity)):
+        raise ValueError("similarity contains NaN or inf")
+    genuine = _check_open_set(gallery_labels, probe_labels)
+    best = np.argmax(similarity, axis=1)
+    score = similarity[np.arange(probe_labels.size), best]
+    return _dir_from_best(score, gallery_labels[best], probe_labels, genuine, fars)
+
+
+def _check_open_set(gallery_labels: np.ndarray, probe_labels: np.ndarray) -> np.ndarray:
+    """The genuine-probe mask; an open set needs at least one probe of each kind."""
+    if gallery_labels.size == 0:
+        raise ValueError("open-set identification needs a non-empty gallery")
+    genuine = np.isin(probe_labels, gallery_labels)
+    if not np.any(genuine):
+        raise ValueError("open-set identification needs a genuine probe (an enrolled identity), got none")
+    if np.all(genuine):
+        raise ValueError("open-set identification needs an impostor probe (an identity not enrolled), "
+                         "got none")
+    return genuine
+
+
+def open_set_identification(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    gallery: np.ndarray,
+    probes: np.ndarray,
+    fars: Sequence[float] = (1e-2, 1e-1),
+    chunk_size: int = 4096,
+) -> dict:
+    """``dir_at_far`` on embeddings, without forming the (Q, G) matrix at once.
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+    labels : array_like of int, shape (N,)
+    gallery : array_like of int, shape (G,)
+        Indices of the enrolled images (one or more per enrolled identity).
+    probes : array_like of int, shape (Q,)
+        Genuine and impostor probes, disjoint from ``gallery``.
+    fars : sequence of float
+
+    Returns
+    -------
+    dict
+        ``dir_at_far`` (``{far_key: dir}``), ``impostors_allowed``
+        (``{far_key: floor(far * n)}``: 0 means the FAR is below the
+        protocol's resolution), ``gallery_identities``, ``gallery_images``,
+        ``genuine_probes``, ``impostor_probes``.
+    """
+    emb = _check_embeddings(emb)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
+        raise ValueError(
+            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
+            f"got shape {labels.shape}")
+    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
+    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
+    if np.intersect1d(gallery, probes).size:
+        raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
+    genuine = _check_open_set(labels[gallery], labels[probes])
+    score, matched = best_gallery_match(emb, labels, gallery, probes, chunk_size)
+    rates = _dir_from_best(score, matched, labels[probes], genuine, fars)
+    n_impostors = int(np.count_nonzero(~genuine))
+    return {
+        "dir_at_far": {far_key(far): rate for far, rate in rates.items()},
+        "impostors_allowed": {far_key(far): impostors_allowed(far, n_impostors) for far in fars},
+        "gallery_identities": int(np.unique(labels[gallery]).size),
+        "gallery_images": int(gallery.size),
+        "genuine_probes": int(np.count_nonzero(genuine)),
+        "impostor_probes": n_impostors,
+    }
 
 
 # --------------------------------------------------------------------------
 # Everything at once
 # --------------------------------------------------------------------------
+
+
+def folds_share_identities(labels: np.ndarray, pairs: np.ndarray, folds: np.ndarray) -> bool:
+    """True when some identity has images in the pairs of two different folds.
+
+    LFW's folds hold disjoint people, so a threshold fitted on nine folds is
+    tested on people it has never seen; when folds share identities, the
+    k-fold accuracy no longer measures that.
+    """
+    labels, pairs, folds = np.asarray(labels), np.asarray(pairs), np.asarray(folds)
+    label_fold = np.stack([labels[pairs].ravel(), np.repeat(folds, 2)], axis=1)
+    identities_by_fold = np.unique(label_fold, axis=0)[:, 0]  # one row per (identity, fold)
+    return bool(identities_by_fold.size != np.unique(identities_by_fold).size)
 
 
 def far_key(far: float) -> str:
@@ -543,6 +746,8 @@ def evaluate_verification(
     gallery: np.ndarray,
     probes: np.ndarray,
     fars: Sequence[float] = (1e-2, 1e-3),
+    open_set: tuple[np.ndarray, np.ndarray] | None = None,
+    dir_fars: Sequence[float] = (1e-2, 1e-1),
 ) -> tuple[dict, np.ndarray]:
     """Run every protocol of this module on one set of embeddings.
 
@@ -562,6 +767,11 @@ def evaluate_verification(
         Disjoint index sets for ``identification_top1``.
     fars : sequence of float
         Target FARs for ``tar_at_far``.
+    open_set : (gallery, probes), optional
+        Index sets for ``open_set_identification`` (probes of enrolled and of
+        unseen identities), e.g. from ``amnp.data.make_open_set_protocol``.
+    dir_fars : sequence of float
+        Target FARs for DIR@FAR.
 
     Returns
     -------
@@ -572,7 +782,11 @@ def evaluate_verification(
         ``fold_thresholds``, ``tar_at_far`` (string keys made by ``far_key``,
         e.g. ``{"1e-2": ..., "1e-3": ...}``, because JSON object keys must be
         strings), ``eer``, ``identification_top1``, ``num_pairs``,
-        ``num_same_pairs``, ``num_different_pairs``.
+        ``num_same_pairs``, ``num_different_pairs``, ``num_folds``,
+        ``folds_share_identities``, ``threshold`` (``best_threshold`` on all
+        pairs: the decision rule to use on new pairs); with ``open_set`` also
+        ``dir_at_far``, ``dir_impostors_allowed`` and ``open_set_gallery_identities``,
+        ``open_set_gallery_images``, ``open_set_genuine_probes``, ``open_set_impostor_probes``.
     scores : ndarray, shape (P,)
         Pair cosine similarities, for plotting the ROC curve or histograms
         (the curve itself is too large to belong in the metrics).
@@ -592,5 +806,13 @@ def evaluate_verification(
         "num_pairs": int(scores.shape[0]),
         "num_same_pairs": int(np.count_nonzero(same)),
         "num_different_pairs": int(np.count_nonzero(~same)),
+        "num_folds": int(np.unique(pair_fold).size),
+        "folds_share_identities": folds_share_identities(labels, pairs, pair_fold),
+        "threshold": best_threshold(scores, same),
     }
+    if open_set is not None:
+        found = open_set_identification(emb, labels, *open_set, fars=dir_fars)
+        metrics["dir_at_far"] = found.pop("dir_at_far")
+        metrics["dir_impostors_allowed"] = found.pop("impostors_allowed")
+        metrics.update({f"open_set_{name}": value for name, value in found.items()})
     return metrics, scores

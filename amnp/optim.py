@@ -46,10 +46,15 @@ class SGD:
         return {name: v.copy() for name, v in self.velocity.items()}
 
     def load_state_dict(self, velocity: dict) -> None:
+        """Replace the momentum buffers; every one is checked (a parameter of this model,
+        same shape, same dtype) before any is taken, so a mismatch changes nothing."""
         own = {name: owner.params[key] for name, owner, key in self.model.named_parameters()}
         for name, v in velocity.items():
             if name not in own or tuple(v.shape) != tuple(own[name].shape):
                 raise ValueError(f"SGD: optimizer state for {name!r} does not match the model")
+            if v.dtype != own[name].dtype:
+                raise TypeError(f"SGD: optimizer state for {name!r} has dtype {v.dtype}, "
+                                f"the parameter {own[name].dtype}")
         self.velocity = {name: v.copy() for name, v in velocity.items()}
 
 

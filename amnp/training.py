@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import checkpoint, figures, models
 from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
+from .data import make_gallery_probes, make_open_set_protocol
 from .evaluation import evaluate_verification, roc_curve
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
@@ -43,6 +44,8 @@ class TrainConfig:
     fills in the defaults of those not given, so config.json records every value.
     """
     dataset: str = "glyphs"
+    image_size: list[int] | None = None  # (H, W) to resize a folder dataset's images to
+    grayscale: bool = False              # read a folder dataset as 1 channel
     model: str = "small"
     loss: str = "am-softmax"
     loss_options: dict = dataclasses.field(default_factory=dict)
@@ -60,7 +63,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings before any data is loaded or any file written."""
-        parse_dataset_spec(self.dataset)
+        kind, _ = parse_dataset_spec(self.dataset)
+        if self.image_size is not None and not (
+                len(self.image_size) == 2 and all(int(d) == d and d >= 1 for d in self.image_size)):
+            raise ValueError(f"image-size must be two positive integers H,W, got {self.image_size}")
+        if kind != "folder" and (self.image_size is not None or self.grayscale):
+            raise ValueError(f"image-size and grayscale apply to folder datasets only; "
+                             f"{self.dataset} images have a fixed size and channels")
         if self.model not in models.PRESETS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(models.PRESETS)}")
         self.loss_options = resolve_loss_options(self.loss, self.loss_options)
@@ -190,7 +199,8 @@ class Trainer:
             except NonFiniteError as exc:
                 raise self._diverged(exc, self.step) from None
         checkpoint.save(self.path("checkpoint.npz"), self.model, self.optimizer,
-                        {"step": self.step, "config": dataclasses.asdict(self.config)})
+                        {"step": self.step, "config": dataclasses.asdict(self.config),
+                         "image_shape": list(self.dataset.image_shape), "mirror": self.dataset.mirror})
 
     def resume(self) -> None:
         """Continue from the run directory's checkpoint; logged steps after it are dropped."""
@@ -344,14 +354,29 @@ def embed(net, images_uint8, mirror: bool, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float64)
 
 
-def evaluate(net, dataset, out_dir: str) -> dict:
-    """Held-out verification (10-fold), TAR@FAR, EER and identification; writes eval.json
-    and the ROC and pair-score figures."""
-    embeddings = embed(net, dataset.test_images, dataset.mirror)
+def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mirror: bool, seed: int,
+                     gallery=None, probes=None):
+    """Every protocol of amnp.evaluation on held-out images: verification on the given
+    pairs and folds, closed-set identification on ``gallery``/``probes`` (drawn from the
+    labels with the seed when not given) and open-set DIR@FAR on a protocol drawn from the
+    labels with the seed.  Returns (metrics dict, pair scores)."""
+    embeddings = embed(net, images_uint8, mirror)
+    if gallery is None:
+        gallery, probes = make_gallery_probes(labels, np.random.default_rng([seed, 3]))
+    gallery_open, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng([seed, 4]))
     metrics, scores = evaluate_verification(
-        embeddings, dataset.test_labels, dataset.pairs, dataset.pair_same, dataset.pair_fold,
-        dataset.gallery, dataset.probes)
-    metrics["mirror_fused"] = bool(dataset.mirror)
+        embeddings, labels, pairs, pair_same, pair_fold, gallery, probes,
+        open_set=(gallery_open, np.concatenate([genuine, impostors])))
+    metrics["mirror_fused"] = bool(mirror)
+    return metrics, scores
+
+
+def evaluate(net, dataset, out_dir: str, seed: int = 0) -> dict:
+    """Held-out verification (10-fold), TAR@FAR, EER, closed-set identification and open-set
+    DIR@FAR; writes eval.json and the ROC and pair-score figures."""
+    metrics, scores = held_out_metrics(
+        net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
+        dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
     with open(os.path.join(out_dir, "eval.json"), "w") as file:
         json.dump(metrics, file, indent=2)
     far, tar, _ = roc_curve(scores, dataset.pair_same)

@@ -1,12 +1,14 @@
 """Checkpoints are atomic, pickle-free, and refuse files that do not fit."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from amnp import checkpoint
 from amnp import layers as L
+from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 
@@ -88,3 +90,49 @@ def test_a_checkpoint_from_another_model_is_refused_and_nothing_changes(tmp_path
         checkpoint.load(path, bigger, SGD(bigger))
     for name, value in bigger.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def rewrite(path, **changes):
+    """The checkpoint at ``path`` with some arrays replaced (None removes one)."""
+    with np.load(path, allow_pickle=False) as archive:
+        contents = {key: archive[key] for key in archive.files}
+    contents.update(changes)
+    np.savez(path, **{k: v for k, v in contents.items() if v is not None})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"param/0.weight": np.zeros((3, 2), np.float64)}, "parameters: 0.weight has dtype float64"),
+    ({"param/2.bias": None}, "parameters: missing 2.bias"),
+    ({"velocity/0.weight": np.zeros((3, 2), np.float64)}, "momentum: 0.weight has dtype float64"),
+    ({"velocity/0.weight": np.zeros((2, 3), np.float32)}, "momentum: 0.weight has shape (2, 3)"),
+    ({"velocity/9.weight": np.zeros(1, np.float32)}, "momentum: unexpected 9.weight"),
+])
+def test_loading_is_all_or_nothing(tmp_path, change, message):
+    """Every array is checked before any is assigned: a bad momentum leaves the weights alone
+    and bad weights leave the momentum alone."""
+    path = tmp_path / "checkpoint.npz"
+    source = make_model()
+    checkpoint.save(path, source, trained(source), {"step": 1})
+    rewrite(path, **change)
+    model = make_model(width=3)
+    optimizer = trained(model)
+    weights, momentum = model.state_dict(), optimizer.state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)):
+        checkpoint.load(path, model, optimizer)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, weights[name])
+    for name, value in optimizer.state_dict().items():
+        np.testing.assert_array_equal(value, momentum[name])
+
+
+def test_load_network_reads_only_the_embedding_network(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    model = TrainingModel(make_model(), L.Linear(2, 4, rng=5))
+    checkpoint.save(path, model, SGD(model), {"step": 3})
+    net = make_model(width=3)
+    net.load_state_dict({name: np.zeros_like(v) for name, v in net.state_dict().items()})
+    assert checkpoint.load_network(path, net)["step"] == 3
+    for name, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, model.state_dict()[f"net.{name}"])
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this network: missing"):
+        checkpoint.load_network(path, make_model(width=3), prefix="head.")

@@ -415,6 +415,10 @@ def test_load_lfw_pairs_errors(lfw, tmp_path):
     swapped.write_text("1 1\nAnn_Lee 1 Bo_Chen 1\nAnn_Lee 1 2\n")
     with pytest.raises(ValueError, match="line 2"):
         load_lfw_pairs(swapped, root)
+    itself = tmp_path / "itself.txt"
+    itself.write_text("1 1\nAnn_Lee 2 2\nAnn_Lee 1 Bo_Chen 1\n")
+    with pytest.raises(ValueError, match="line 2: pairs an image with itself"):
+        load_lfw_pairs(itself, root)
 
 
 def test_load_folder_dataset_holdout(face_tree):

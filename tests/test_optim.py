@@ -49,3 +49,16 @@ def test_scaled_schedule_and_warmup():
     assert WarmupLR(MultiStepLR(1.0, []), 4, 0.0)(2) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="learning rate must be > 0"):
         MultiStepLR(0.0, [])
+
+
+def test_sgd_load_state_dict_checks_every_buffer_before_taking_any():
+    net = L.Sequential(L.Linear(2, 2, rng=0), L.PReLU(2))
+    opt = SGD(net)
+    kept = {"0.weight": np.ones((2, 2), np.float32)}
+    opt.load_state_dict(kept)
+    with pytest.raises(TypeError, match="'0.bias' has dtype float64"):
+        opt.load_state_dict({"0.weight": np.zeros((2, 2), np.float32), "0.bias": np.zeros(2)})
+    with pytest.raises(ValueError, match="'1.weight' does not match"):
+        opt.load_state_dict({"0.weight": np.zeros((2, 2), np.float32), "1.weight": np.zeros(3, np.float32)})
+    np.testing.assert_array_equal(opt.velocity["0.weight"], kept["0.weight"])
+    assert set(opt.velocity) == {"0.weight"}

@@ -113,7 +113,7 @@ def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_cli(monkeypatch):
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
 
 
 def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_cli, capsys):

@@ -14,6 +14,7 @@ from .dataset import (
     VerificationDataset,
     default_cache_dir,
     make_gallery_probes,
+    make_open_set_protocol,
     make_pairs_protocol,
 )
 from .folder import (
@@ -22,15 +23,17 @@ from .folder import (
     load_folder_dataset,
     load_image_folder,
     load_lfw_pairs,
+    read_image,
     resize_bilinear,
 )
 from .glyphs import GlyphIdentities, glyph_faces, glyph_identities, load_glyphs
 from .mnist import FASHION_MNIST_CLASSES, load_mnist_dataset, read_idx
 
 __all__ = [
-    "VerificationDataset", "default_cache_dir", "make_gallery_probes", "make_pairs_protocol",
+    "VerificationDataset", "default_cache_dir", "make_gallery_probes", "make_open_set_protocol",
+    "make_pairs_protocol",
     "ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder", "load_lfw_pairs",
-    "resize_bilinear",
+    "read_image", "resize_bilinear",
     "GlyphIdentities", "glyph_faces", "glyph_identities", "load_glyphs",
     "FASHION_MNIST_CLASSES", "load_mnist_dataset", "read_idx",
 ]

@@ -10,7 +10,8 @@ A face-verification dataset has two disjoint halves:
   (identification: "which enrolled person?").
 
 `make_pairs_protocol` and `make_gallery_probes` build the two tests from the
-held-out labels; every loader in this package uses them.
+held-out labels; every loader in this package uses them.  `make_open_set_protocol`
+builds a third, open-set identification (BLUFR's DIR@FAR), at evaluation time.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = [
     "VerificationDataset",
     "default_cache_dir",
     "make_gallery_probes",
+    "make_open_set_protocol",
     "make_pairs_protocol",
 ]
 
@@ -447,3 +449,61 @@ def make_gallery_probes(labels, rng: np.random.Generator):
     gallery = order[enrolled & has_probes]
     probes = order[~enrolled & has_probes]
     return np.sort(gallery).astype(np.int64), np.sort(probes).astype(np.int64)
+
+
+def make_open_set_protocol(labels, rng: np.random.Generator, gallery_fraction: float = 1 / 3,
+                           enrolled_per_identity: int = 1):
+    """Split held-out images into a gallery and genuine and impostor probes (BLUFR).
+
+    A third (``gallery_fraction``) of the identities, drawn at random among
+    those with two or more images, are enrolled: ``enrolled_per_identity``
+    random images each (at most all but one) go to the gallery, their other
+    images are genuine probes.  Every image of the other identities is an
+    impostor probe: a person the system has never enrolled, who should be
+    rejected.  At least one identity is enrolled and at least one is not.
+
+    Parameters
+    ----------
+    labels : int array, shape (M,)
+    rng : numpy.random.Generator
+    gallery_fraction : float in (0, 1)
+    enrolled_per_identity : int >= 1
+
+    Returns
+    -------
+    gallery : int64 array, shape (G,), sorted
+    genuine : int64 array, shape (Q1,), sorted: images of enrolled identities
+    impostors : int64 array, shape (Q2,), sorted: images of identities not enrolled
+
+    Raises
+    ------
+    ValueError
+        Fewer than two identities, or none with two images.
+    """
+    labels = _as_int64("labels", labels, 1)
+    if not 0 < gallery_fraction < 1:
+        raise ValueError(f"gallery_fraction must be between 0 and 1, got {gallery_fraction}")
+    if int(enrolled_per_identity) != enrolled_per_identity or enrolled_per_identity < 1:
+        raise ValueError(f"enrolled_per_identity must be an integer >= 1, got {enrolled_per_identity}")
+    ids, counts = np.unique(labels, return_counts=True)
+    eligible = ids[counts >= 2]
+    if len(ids) < 2 or eligible.size == 0:
+        raise ValueError(
+            f"open-set identification needs an enrolled identity with two images (one to enrol, "
+            f"one to probe) and an identity that is not enrolled; the {len(labels)} held-out "
+            f"images have {len(ids)} identities, {eligible.size} of them with two images")
+    n_enrolled = min(max(1, round(gallery_fraction * len(ids))), eligible.size, len(ids) - 1)
+    enrolled_ids = rng.choice(eligible, size=n_enrolled, replace=False)
+    # As in make_gallery_probes: a permutation, then a stable sort by label, puts each
+    # identity's images together in random order; the first ones are enrolled.
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]
+    _, first, per_identity = np.unique(labels[order], return_index=True, return_counts=True)
+    rank = np.arange(len(order)) - np.repeat(first, per_identity)
+    is_enrolled = np.isin(labels[order], enrolled_ids)
+    in_gallery = is_enrolled & (rank < np.minimum(enrolled_per_identity,
+                                                  np.repeat(per_identity, per_identity) - 1))
+    gallery = np.sort(order[in_gallery])
+    genuine = np.sort(order[is_enrolled & ~in_gallery])
+    impostors = np.sort(order[~is_enrolled])
+    return gallery.astype(np.int64), genuine.astype(np.int64), impostors.astype(np.int64)

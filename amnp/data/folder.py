@@ -23,7 +23,7 @@ from PIL import Image
 from .dataset import VerificationDataset, make_gallery_probes, make_pairs_protocol
 
 __all__ = ["ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder",
-           "load_lfw_pairs", "resize_bilinear"]
+           "load_lfw_pairs", "read_image", "resize_bilinear"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -99,7 +99,7 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.round(out).astype(np.uint8)
 
 
-def _read_image(path: Path, grayscale: bool, image_size) -> np.ndarray:
+def read_image(path, grayscale: bool = False, image_size=None) -> np.ndarray:
     """Read one image as uint8 (C, H, W), resized to ``image_size`` if given.
 
     Raises OSError, ValueError or SyntaxError (what Pillow raises) when the
@@ -123,7 +123,7 @@ def _stack(images: list[np.ndarray], paths: list[str], where) -> np.ndarray:
         raise ValueError(
             f"images under {where} have different sizes ({first[0]}x{first[1]} in {paths[0]}, "
             f"{images[other].shape[1]}x{images[other].shape[2]} in {paths[other]}); "
-            "pass image_size=(H, W) to resize them")
+            "resize them with image_size=(H, W) (amnp: --image-size H,W)")
     return np.stack(images)
 
 
@@ -172,7 +172,7 @@ def load_image_folder(root, image_size=None, grayscale: bool = False) -> ImageFo
     images, names, paths, unreadable = [], [], [], []
     for name, path in files:
         try:
-            images.append(_read_image(path, grayscale, image_size))
+            images.append(read_image(path, grayscale, image_size))
         except (OSError, ValueError, SyntaxError):
             unreadable.append(str(path))
             continue
@@ -265,8 +265,9 @@ def load_lfw_pairs(pairs_txt, root, image_size=None, grayscale: bool = False) ->
     Raises
     ------
     ValueError
-        Malformed pairs.txt (with the line number), or a referenced image
-        that is missing or unreadable (naming its path).
+        Malformed pairs.txt (with the line number), a pair listed twice or
+        pairing an image with itself, or a referenced image that is missing
+        or unreadable (naming its path).
     """
     pairs_txt, root = Path(pairs_txt).expanduser(), Path(root).expanduser()
     if image_size is not None:
@@ -285,7 +286,7 @@ def load_lfw_pairs(pairs_txt, root, image_size=None, grayscale: bool = False) ->
                 if not path.is_file():
                     raise ValueError(f"{pairs_txt}, line {number}: image {path} does not exist")
                 try:
-                    images.append(_read_image(path, grayscale, image_size))
+                    images.append(read_image(path, grayscale, image_size))
                 except (OSError, ValueError, SyntaxError) as error:
                     raise ValueError(f"{pairs_txt}, line {number}: cannot read image {path} "
                                      f"({error})") from None
@@ -293,6 +294,15 @@ def load_lfw_pairs(pairs_txt, root, image_size=None, grayscale: bool = False) ->
                 image_names.append(name)
                 paths.append(str(path))
             pairs[p, side] = index[(name, k)]
+    if np.any(pairs[:, 0] == pairs[:, 1]):
+        number = entries[int(np.flatnonzero(pairs[:, 0] == pairs[:, 1])[0])][4]
+        raise ValueError(f"{pairs_txt}, line {number}: pairs an image with itself")
+    _, first, seen = np.unique(np.sort(pairs, axis=1), axis=0, return_index=True, return_inverse=True)
+    repeated = np.flatnonzero(first[seen.ravel()] != np.arange(len(pairs)))
+    if repeated.size:  # a repeated pair would count twice in the accuracy
+        again, original = entries[int(repeated[0])][4], entries[int(first[seen.ravel()[repeated[0]]])][4]
+        raise ValueError(f"{pairs_txt}, line {again}: repeats the pair of line {original} "
+                         f"({repeated.size} repeated pair(s) in all)")
 
     identity_names = sorted(set(image_names))
     labels = np.searchsorted(identity_names, image_names).astype(np.int64)
@@ -343,7 +353,7 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
     ------
     ValueError
         Bad paths (see `load_image_folder`), fewer than two identities with
-        two images, or no identity left for training.
+        two images to hold out, or fewer than two identities left for training.
     """
     folder = load_image_folder(root, image_size=image_size, grayscale=grayscale)
     rng = np.random.default_rng(seed)
@@ -371,9 +381,11 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
                 "identities need two images each for same-identity pairs, and at least two "
                 "of them are needed for different-identity pairs")
         n_test = min(max(2, round(holdout_fraction * len(names))), eligible.size)
-        if n_test >= len(names):
-            raise ValueError(f"{root} has only {len(names)} identities: none would be left "
-                             "for training after holding out test identities")
+        if len(names) - n_test < 2:
+            raise ValueError(
+                f"{root} has {len(names)} identities; a folder dataset needs at least "
+                f"{n_test + 2}: {n_test} held out for testing and 2 to train on (a classifier "
+                "over a single identity has nothing to tell apart)")
         test_ids = np.sort(rng.choice(eligible, size=n_test, replace=False))
         train_ids = np.setdiff1d(np.arange(len(names)), test_ids)
         is_test = np.isin(folder.labels, test_ids)
