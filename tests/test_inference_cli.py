@@ -132,6 +132,8 @@ def mismatched_tree(base):
     (["verify", "{run}", "{lfw}/Aa_A/Aa_A_0001.jpg", "{other}/Aa_A/Aa_A_0001.jpg"], "pass --image-size 16,16"),
     (["train", "--resume", "{run}", "--iters", "3", "--lr", "1", "--no-eval"],
      "so --iters, --lr cannot apply; on resume only --backend, --stop-at and --no-eval do"),
+    (["train", "--resume", "{run}", "--m", "0.2", "--no-feature-normalization", "--margins", "1,0,0"],
+     "so --m, --no-feature-normalization, --margins cannot apply"),
 ])
 def test_errors_are_one_line_and_write_nothing(trained, capsys, arguments, message):
     base = trained["base"]
