@@ -10,7 +10,6 @@ after saving a checkpoint).  AMNP_DEBUG=1 shows the traceback behind an error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 
 from . import checkpoint, data, figures
 from .backend import get_backend, set_backend
+from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
 from .functional import l2_normalize_forward
 from .heads import LOSSES
 from .run import load_run, read_config
@@ -131,10 +131,49 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd.add_argument("image_b", metavar="IMAGE_B")
     add_image_options(verify_cmd, "both images")
 
+    compare_cmd = commands.add_parser(
+        "compare", help="the paper's experiment: train the same network with each loss, one table")
+    compare_cmd.add_argument("--out", default=os.path.join("runs", "compare"),
+                             help="directory of the comparison; run again with it to continue")
+    compare_cmd.add_argument("--losses", default=",".join(DEFAULT_ENTRIES), metavar="LIST",
+                             help="comma-separated entries LOSS[:OPTION=VALUE...], e.g. am-softmax:m=0.3")
+    compare_length = compare_cmd.add_mutually_exclusive_group()
+    compare_length.add_argument("--epochs", type=float, default=None,
+                                help=f"passes over the data for each run (default {DEFAULT_EPOCHS:g})")
+    compare_length.add_argument("--iters", type=int, default=None, help="number of SGD steps of each run")
+    compare_cmd.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    compare_cmd.add_argument("--seed", type=int, default=0)
+    compare_cmd.add_argument("--backend", default=None,
+                             help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
+
     margins_cmd = commands.add_parser(
         "margins", help="list the losses of the margin family and draw their target logits ψ(θ)")
     margins_cmd.add_argument("--out", default="target_logits.png", help="PNG file for the figure")
     return parser
+
+
+def compare_command(args) -> int:
+    entries = [parse_entry(text) for text in args.losses.split(",") if text.strip()]
+    if not entries:
+        raise UsageError("--losses names no loss")
+    if len({entry.name for entry in entries}) < len(entries):
+        raise UsageError(f"--losses names an entry twice: {args.losses}")
+    base = TrainConfig(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, iters=args.iters,
+                       batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+    if args.iters is not None:
+        base.epochs = None
+    base.validate()
+    choose_backend(base)
+    dataset = open_dataset(base.dataset, base.seed)
+    print(f"comparing {len(entries)} losses on {dataset.name} in {args.out}")
+    table = compare(entries, base, dataset, args.out)
+    if table is None:
+        print(f"interrupted; finished runs are kept, continue with: amnp compare --out {args.out} "
+              "(and the same options)")
+        return EXIT_INTERRUPTED
+    print(table)
+    print(f"results in {args.out}: comparison.md, comparison.json, figures/, one run directory per loss")
+    return 0
 
 
 def margins_command(args) -> int:
@@ -245,7 +284,7 @@ def sample_indices(labels, identities=8, per_identity=8):
 
 def report(run_dir: str, net, dataset, seed: int) -> dict:
     """Evaluate, write eval.json and every figure, print the summary."""
-    metrics = evaluate(net, dataset, run_dir, seed)
+    metrics, _ = evaluate(net, dataset, run_dir, seed)
     figure_dir = os.path.join(run_dir, "figures")
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     if records:
@@ -296,10 +335,7 @@ def train_command(args) -> int:
         trainer.resume()
         print(f"resuming {run_dir} at step {trainer.step} of {trainer.total_steps}")
     else:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.json"), "w") as file:
-            json.dump(dataclasses.asdict(config), file, indent=2)
-        trainer.save_checkpoint()  # step 0: a run killed before its first checkpoint can still resume
+        trainer.start()
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
     print(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
           f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
@@ -433,7 +469,7 @@ def verify_command(args) -> int:
 
 
 COMMANDS = {"train": train_command, "eval": eval_command, "embed": embed_command, "verify": verify_command,
-            "margins": margins_command}
+            "compare": compare_command, "margins": margins_command}
 
 
 def plain_warning(message, category, filename, lineno, file=None, line=None):

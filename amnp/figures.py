@@ -25,6 +25,8 @@ __all__ = [
     "plot_sample_grid",
     "plot_features_on_circle",
     "plot_target_logits",
+    "plot_features_on_sphere",
+    "plot_roc_curves",
 ]
 
 _DPI = 120
@@ -370,5 +372,65 @@ def plot_target_logits(path: str | os.PathLike) -> str:
     ax.set_title("Target logit of each margin loss")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_features_on_sphere(panels: Mapping, path: str | os.PathLike, columns: int = 3) -> str:
+    """Unit-length 3-D features, one panel per loss: ``panels`` maps a title to
+    (features (N, 3), labels (N,)).  Each panel is a 3-D scatter on a wire sphere, seen from
+    the same direction, coloured by class.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    if not panels:
+        raise ValueError("plot_features_on_sphere: no panels to draw")
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(3.4 * columns, 3.4 * rows))
+    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
+    for position, (title, (features, labels)) in enumerate(panels.items()):
+        features = np.asarray(features, dtype=float)
+        if features.ndim != 2 or features.shape[1] != 3:
+            raise ValueError(f"plot_features_on_sphere: {title}: features must have shape (N, 3), "
+                             f"got {features.shape}")
+        points = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        ax = fig.add_subplot(rows, columns, position + 1, projection="3d")
+        ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="lightgray",
+                          linewidth=0.3)
+        _, class_index = np.unique(labels, return_inverse=True)
+        colors = colormaps["tab10"](class_index % 10)
+        ax.scatter(points[:, 0], points[:, 1], points[:, 2], c=colors, s=5, depthshade=False)
+        ax.set_box_aspect((1, 1, 1))
+        ax.set_axis_off()
+        ax.view_init(elev=20, azim=35)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc_curves(curves: Mapping, path: str | os.PathLike) -> str:
+    """Verification ROC curves of several runs on one plot, FAR on a log scale: ``curves``
+    maps a label to (far, tar) arrays (from amnp.evaluation.roc_curve).
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for label, (far, tar) in curves.items():
+        far, tar = np.asarray(far, dtype=float), np.asarray(tar, dtype=float)
+        shown = far > 0  # log scale: FAR = 0 has no place
+        ax.plot(far[shown], tar[shown], label=label, linewidth=1.3)
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title("Verification ROC of each loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)

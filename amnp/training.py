@@ -202,6 +202,14 @@ class Trainer:
                         {"step": self.step, "config": dataclasses.asdict(self.config),
                          "image_shape": list(self.dataset.image_shape), "mirror": self.dataset.mirror})
 
+    def start(self) -> None:
+        """Begin a new run: create the run directory, write config.json and a step-0
+        checkpoint, so that a run killed before its first checkpoint can still resume."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(self.path("config.json"), "w") as file:
+            json.dump(dataclasses.asdict(self.config), file, indent=2)
+        self.save_checkpoint()
+
     def resume(self) -> None:
         """Continue from the run directory's checkpoint; logged steps after it are dropped."""
         meta = checkpoint.load(self.path("checkpoint.npz"), self.model, self.optimizer)
@@ -371,9 +379,10 @@ def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mir
     return metrics, scores
 
 
-def evaluate(net, dataset, out_dir: str, seed: int = 0) -> dict:
+def evaluate(net, dataset, out_dir: str, seed: int = 0) -> tuple[dict, np.ndarray]:
     """Held-out verification (10-fold), TAR@FAR, EER, closed-set identification and open-set
-    DIR@FAR; writes eval.json and the ROC and pair-score figures."""
+    DIR@FAR; writes eval.json and the ROC and pair-score figures.  Returns the metrics and
+    the cosine score of each pair."""
     metrics, scores = held_out_metrics(
         net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
         dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
@@ -384,4 +393,4 @@ def evaluate(net, dataset, out_dir: str, seed: int = 0) -> dict:
     figures.plot_roc(far, tar, os.path.join(figure_dir, "roc.png"), tar_at_far=metrics["tar_at_far"])
     figures.plot_pair_histograms(scores, dataset.pair_same, os.path.join(figure_dir, "pair_cosines.png"),
                                  threshold=float(np.mean(metrics["fold_thresholds"])))
-    return metrics
+    return metrics, scores

@@ -1,0 +1,90 @@
+"""amnp compare: one run per loss, a table, figures; resumable and interruptible."""
+import json
+import os
+import signal
+
+import pytest
+
+from amnp import cli, compare
+from amnp.compare import Entry, entry_title, parse_entry
+from amnp.training import Trainer
+
+from .test_training import tiny_dataset
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *rest: tiny_dataset(seed=seed))
+    monkeypatch.setattr(compare, "SPHERE_STEPS", 5)
+
+
+def test_entries_parse_and_refuse_what_a_loss_does_not_take():
+    assert parse_entry("am-softmax:m=0.3:s=20") == Entry("am-softmax:m=0.3:s=20", "am-softmax", {"m": 0.3, "s": 20.0})
+    assert parse_entry("am-softmax:normalize_features=false").options == {"normalize_features": False}
+    assert entry_title(parse_entry("am-softmax:normalize_features=false")) == "am-softmax w/o FN"
+    assert entry_title(parse_entry("sphereface:m=4")) == "sphereface m=4"
+    with pytest.raises(ValueError, match="does not take 'm'"):
+        parse_entry("softmax:m=0.3")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_entry("arcface:m")
+    with pytest.raises(ValueError, match="not a number, true or false"):
+        parse_entry("arcface:m=big")
+    with pytest.raises(ValueError, match="unknown loss 'cosface'"):
+        parse_entry("cosface")
+
+
+def test_compare_writes_the_table_and_figures_and_skips_finished_runs(tmp_path, tiny, capsys):
+    out = tmp_path / "cmp"
+    arguments = ["compare", "--out", str(out), "--iters", "3", "--batch-size", "8",
+                 "--losses", "softmax,am-softmax:m=0.3,sphereface"]
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "[1/3] softmax" in printed and "[3/3] sphereface" in printed
+    table = (out / "comparison.md").read_text()
+    for title in ("| softmax |", "| am-softmax m=0.3 |", "| sphereface |"):
+        assert title in table
+    assert "DIR@FAR=1e-2 (rank 1)" in table and "train time" in table
+    runs = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [r["steps"] for r in runs] == [3, 3, 3]
+    assert all("dir_at_far" in r["metrics"] for r in runs)
+    for name in ("roc.png", "target_logits.png", "features_on_sphere.png"):
+        assert (out / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+    checkpoints = {name: (out / name / "checkpoint.npz").read_bytes() for name in ("softmax", "sphereface")}
+    assert cli.main(arguments) == 0
+    assert printed.count("finished earlier") == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert {name: (out / name / "checkpoint.npz").read_bytes() for name in checkpoints} == checkpoints
+
+
+def test_compare_after_ctrl_c_keeps_finished_runs_and_continues(tmp_path, tiny, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    arguments = ["compare", "--out", str(out), "--iters", "4", "--batch-size", "8", "--losses", "softmax,arcface"]
+    step = Trainer.train_step
+
+    def interrupted(self, t):
+        if self.config.loss == "arcface" and t == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, t)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    handler_before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(arguments) == cli.EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, handler_before)
+    assert (out / "softmax" / "eval.json").exists() and not (out / "comparison.md").exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] softmax: finished earlier" in printed and "[2/2] arcface: steps 2 to 4" in printed
+
+
+def test_compare_refuses_a_directory_of_other_settings(tmp_path, tiny, capsys):
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--losses", "softmax"]) == 0
+    assert cli.main(["compare", "--out", str(out), "--iters", "3", "--batch-size", "8", "--losses", "softmax"]) == cli.EXIT_BAD_INPUT
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert cli.main(["compare", "--out", str(out), "--losses", "softmax,softmax"]) == cli.EXIT_BAD_INPUT
+    assert "names an entry twice" in capsys.readouterr().err
