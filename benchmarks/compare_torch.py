@@ -1,0 +1,233 @@
+"""amnp against PyTorch on the CPU: the same network, weights, batch, head and optimizer.
+
+    python benchmarks/compare_torch.py                                   # small, batch 128, 1000 classes
+    python benchmarks/compare_torch.py --model sphereface20 --batch-size 16 --classes 10516
+
+Each round starts one fresh process per side (amnp, then PyTorch, alternating), which
+builds the network, warms up, and times ``--steps`` training steps (network forward and
+backward, AM-Softmax head, SGD with momentum and weight decay) and ``--steps`` embedding
+passes (network forward only, as evaluation runs it).  The medians over the rounds are
+printed with their ratio.  Alternating processes spreads the noise of a shared machine
+over both sides; the spread (min-max) is printed too, so judge the ratio with it.
+
+The PyTorch network is built from amnp's own layer list with amnp's initial weights,
+and the AM-Softmax head and the SGD update are written inline with the same formulas.
+PyTorch is not an amnp dependency: without it, only amnp is timed.  Both sides get the
+same thread count (``--threads``, default: every core) through the usual environment
+variables and ``torch.set_num_threads``.  The BLAS library NumPy uses is printed with
+threadpoolctl where that is installed.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+STEP_SEED = 0
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, MARGIN, SCALE = 0.01, 0.9, 5e-4, 0.35, 30.0
+
+
+def make_batch(shape, batch_size, classes):
+    rng = np.random.default_rng(STEP_SEED)
+    x = rng.standard_normal((batch_size,) + shape).astype(np.float32)
+    return x, rng.integers(0, classes, batch_size)
+
+
+def time_calls(function, steps):
+    """Mean seconds per call over ``steps`` calls, after one warm-up call."""
+    function()
+    start = time.perf_counter()
+    for _ in range(steps):
+        function()
+    return (time.perf_counter() - start) / steps
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def run_amnp(args):
+    import amnp
+    from amnp import models
+    from amnp.heads import AMSoftmaxHead, TrainingModel
+    from amnp.optim import SGD
+
+    net = models.build(args.model, rng=0)
+    head = AMSoftmaxHead(models.embedding_size(net), args.classes, m=MARGIN, s=SCALE, rng=1)
+    optimizer = SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
+    x, y = make_batch(models.PRESETS[args.model][3], args.batch_size, args.classes)
+    x, y = amnp.asarray(x), amnp.asarray(y)
+
+    def step():
+        head.forward(net.forward(x), y)
+        net.backward(head.backward())
+        optimizer.step(LEARNING_RATE)
+
+    return {"step": time_calls(step, args.steps), "embed": time_calls(lambda: net.forward(x), args.steps)}
+
+
+def run_torch(args):
+    import torch
+
+    from amnp import layers as L
+    from amnp import models
+    from amnp.heads import AMSoftmaxHead
+    from amnp.optim import decays
+
+    torch.set_num_threads(args.threads)
+    TF = torch.nn.functional
+    net = models.build(args.model, rng=0)
+    head = AMSoftmaxHead(models.embedding_size(net), args.classes, m=MARGIN, s=SCALE, rng=1)
+    params, decayed = {}, set()
+    for name, owner, key in net.named_parameters():
+        params[name] = torch.tensor(owner.params[key], requires_grad=True)
+        if decays(owner, key):
+            decayed.add(name)
+    params["head"] = torch.tensor(head.classifier.params["weight"], requires_grad=True)
+    decayed.add("head")
+    velocity = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    def forward(layer, x, prefix=""):
+        if isinstance(layer, L.Residual):
+            out = x
+            for name, child in layer.children():
+                out = forward(child, out, f"{prefix}{name}.")
+            return x + out
+        if isinstance(layer, L.Sequential):
+            for name, child in layer.children():
+                x = forward(child, x, f"{prefix}{name}.")
+            return x
+        if isinstance(layer, L.Conv2d):
+            return TF.conv2d(x, params[prefix + "weight"], params.get(prefix + "bias"),
+                             layer.stride, layer.padding)
+        if isinstance(layer, L.PReLU):
+            return TF.prelu(x, params[prefix + "weight"])
+        if isinstance(layer, L.Linear):
+            return TF.linear(x, params[prefix + "weight"], params.get(prefix + "bias"))
+        if isinstance(layer, L.Flatten):
+            return torch.flatten(x, 1)
+        raise NotImplementedError(f"compare_torch: no torch version of {type(layer).__name__}")
+
+    x, y = make_batch(models.PRESETS[args.model][3], args.batch_size, args.classes)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    onehot = TF.one_hot(y, args.classes).float()
+
+    def step():
+        embeddings = forward(net, x)
+        cos = TF.normalize(embeddings, dim=1) @ TF.normalize(params["head"], dim=1).T
+        loss = TF.cross_entropy(SCALE * (cos - MARGIN * onehot), y)
+        for p in params.values():
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for name, p in params.items():
+                g = p.grad + WEIGHT_DECAY * p if name in decayed else p.grad
+                velocity[name].mul_(MOMENTUM).add_(g)
+                p.sub_(LEARNING_RATE * velocity[name])
+
+    def embed():
+        with torch.no_grad():
+            forward(net, x)
+
+    return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
+
+
+def blas_description():
+    """The BLAS NumPy calls and its threads, from threadpoolctl when it is installed."""
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return "unknown (install threadpoolctl to see the BLAS library and kernel)"
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')} kernel, "
+            f"{i.get('num_threads')} threads, {os.path.basename(i.get('filepath', ''))})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(blas) or "none found by threadpoolctl"
+
+
+def worker(args):
+    result = run_amnp(args) if args.worker == "amnp" else run_torch(args)
+    result["peak_rss_mib"] = peak_rss_mib()
+    if args.worker == "amnp":
+        result["blas"] = blas_description()
+    else:
+        import torch
+        result["torch"] = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print(json.dumps(result))
+
+
+def run_round(side, args):
+    env = dict(os.environ)
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[variable] = str(args.threads)
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = repository + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", args.model,
+               "--batch-size", str(args.batch_size), "--classes", str(args.classes),
+               "--steps", str(args.steps), "--threads", str(args.threads)]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    if finished.returncode != 0:
+        sys.exit(f"the {side} process failed:\n{finished.stderr}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def summary(results, key):
+    values = [r[key] * 1000 for r in results]
+    return statistics.median(values), min(values), max(values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--worker", choices=["amnp", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    sides = ["amnp"]
+    if importlib.util.find_spec("torch") is None:
+        print("PyTorch is not installed: timing amnp alone.")
+    else:
+        sides.append("torch")
+    results = {side: [] for side in sides}
+    for round_index in range(args.rounds):
+        for side in sides if round_index % 2 == 0 else reversed(sides):
+            results[side].append(run_round(side, args))
+        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{side} {results[side][-1]['step'] * 1000:.0f} ms/step" for side in sides), flush=True)
+
+    print(f"\n{args.model}, batch {args.batch_size}, {args.classes} classes, {args.threads} threads, "
+          f"median of {args.rounds} rounds of {args.steps} steps")
+    print(f"NumPy {np.__version__}, BLAS: {results['amnp'][0]['blas']}")
+    if "torch" in results:
+        print(results["torch"][0]["torch"])
+    print(f"{'':<22}{'amnp':>24}" + (f"{'torch':>24}{'ratio':>8}" if "torch" in results else ""))
+    for key, label in (("step", "training step (ms)"), ("embed", "embedding pass (ms)")):
+        line = f"{label:<22}"
+        medians = {}
+        for side in sides:
+            median, low, high = summary(results[side], key)
+            medians[side] = median
+            line += f"{median:>10.1f} ({low:.0f}-{high:.0f})".rjust(24)
+        if "torch" in results:
+            line += f"{medians['amnp'] / medians['torch']:>7.2f}x"
+        print(line)
+    line = f"{'peak RSS (MiB)':<22}"
+    for side in sides:
+        line += f"{max(r['peak_rss_mib'] for r in results[side]):>24.0f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
