@@ -52,16 +52,17 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run_amnp(args):
+def amnp_training(model, batch_size, classes):
+    """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
     import amnp
     from amnp import models
     from amnp.heads import AMSoftmaxHead, TrainingModel
     from amnp.optim import SGD
 
-    net = models.build(args.model, rng=0)
-    head = AMSoftmaxHead(models.embedding_size(net), args.classes, m=MARGIN, s=SCALE, rng=1)
+    net = models.build(model, rng=0)
+    head = AMSoftmaxHead(models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
     optimizer = SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
-    x, y = make_batch(models.PRESETS[args.model][3], args.batch_size, args.classes)
+    x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
     x, y = amnp.asarray(x), amnp.asarray(y)
 
     def step():
@@ -69,10 +70,11 @@ def run_amnp(args):
         net.backward(head.backward())
         optimizer.step(LEARNING_RATE)
 
-    return {"step": time_calls(step, args.steps), "embed": time_calls(lambda: net.forward(x), args.steps)}
+    return step, lambda: net.forward(x)
 
 
-def run_torch(args):
+def torch_training(model, batch_size, classes, device="cpu"):
+    """(step, embed) closures for the same network, weights and update written in PyTorch."""
     import torch
 
     from amnp import layers as L
@@ -80,16 +82,15 @@ def run_torch(args):
     from amnp.heads import AMSoftmaxHead
     from amnp.optim import decays
 
-    torch.set_num_threads(args.threads)
     TF = torch.nn.functional
-    net = models.build(args.model, rng=0)
-    head = AMSoftmaxHead(models.embedding_size(net), args.classes, m=MARGIN, s=SCALE, rng=1)
+    net = models.build(model, rng=0)
+    head = AMSoftmaxHead(models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
     params, decayed = {}, set()
     for name, owner, key in net.named_parameters():
-        params[name] = torch.tensor(owner.params[key], requires_grad=True)
+        params[name] = torch.tensor(owner.params[key], device=device, requires_grad=True)
         if decays(owner, key):
             decayed.add(name)
-    params["head"] = torch.tensor(head.classifier.params["weight"], requires_grad=True)
+    params["head"] = torch.tensor(head.classifier.params["weight"], device=device, requires_grad=True)
     decayed.add("head")
     velocity = {name: torch.zeros_like(p) for name, p in params.items()}
 
@@ -114,9 +115,9 @@ def run_torch(args):
             return torch.flatten(x, 1)
         raise NotImplementedError(f"compare_torch: no torch version of {type(layer).__name__}")
 
-    x, y = make_batch(models.PRESETS[args.model][3], args.batch_size, args.classes)
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
-    onehot = TF.one_hot(y, args.classes).float()
+    x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    onehot = TF.one_hot(y, classes).float()
 
     def step():
         embeddings = forward(net, x)
@@ -135,19 +136,38 @@ def run_torch(args):
         with torch.no_grad():
             forward(net, x)
 
+    return step, embed
+
+
+def run_amnp(args):
+    step, embed = amnp_training(args.model, args.batch_size, args.classes)
+    return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
+
+
+def run_torch(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    step, embed = torch_training(args.model, args.batch_size, args.classes)
     return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
 
 
 def blas_description():
-    """The BLAS NumPy calls and its threads, from threadpoolctl when it is installed."""
-    if importlib.util.find_spec("threadpoolctl") is None:
-        return "unknown (install threadpoolctl to see the BLAS library and kernel)"
-    from threadpoolctl import threadpool_info
+    """The BLAS NumPy calls and its threads: from threadpoolctl when it is installed, else
+    the build configuration NumPy reports (library and version, not the kernel in use)."""
+    if importlib.util.find_spec("threadpoolctl") is not None:
+        from threadpoolctl import threadpool_info
 
-    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')} kernel, "
-            f"{i.get('num_threads')} threads, {os.path.basename(i.get('filepath', ''))})"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-    return "; ".join(blas) or "none found by threadpoolctl"
+        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')} kernel, "
+                f"{i.get('num_threads')} threads)"
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+        return "; ".join(blas) or "none found by threadpoolctl"
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return (f"{blas.get('name')} {blas.get('version')} (from NumPy's build configuration; "
+                "install threadpoolctl to see the kernel and threads in use)")
+    except (TypeError, KeyError):  # NumPy < 1.26 has no mode="dicts"
+        return "unknown (install threadpoolctl to see the BLAS library and kernel)"
 
 
 def worker(args):
