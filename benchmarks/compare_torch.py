@@ -15,9 +15,13 @@ and the AM-Softmax head and the SGD update are written inline with the same form
 PyTorch is not an amnp dependency: without it, only amnp is timed.  Both sides get the
 same thread count (``--threads``, default: every core) through the usual environment
 variables and ``torch.set_num_threads``.  The BLAS library NumPy uses is printed with
-threadpoolctl where that is installed.
+threadpoolctl where that is installed, else asked from OpenBLAS directly.  Check the
+kernel: OpenBLAS 0.3.31 takes some AVX-512 CPUs it does not recognise (an "AMD EPYC" under
+a hypervisor) for a Haswell and runs its AVX2 kernel, at about half the GEMM speed that
+``OPENBLAS_CORETYPE=SkylakeX`` (set before NumPy is imported) gives on such a CPU.
 """
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
@@ -152,9 +156,28 @@ def run_torch(args):
     return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
 
 
+def openblas_core():
+    """The kernel OpenBLAS chose for this CPU and its threads, asked through ctypes from the
+    OpenBLAS library NumPy loaded (the calls threadpoolctl makes), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(paths):
+        library = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+            corename = getattr(library, f"{prefix}openblas_get_corename{suffix}", None)
+            threads = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
+            if corename is not None and threads is not None:
+                corename.restype = ctypes.c_char_p
+                return f"{corename().decode()} kernel, {threads()} threads"
+    return None
+
+
 def blas_description():
-    """The BLAS NumPy calls and its threads: from threadpoolctl when it is installed, else
-    the build configuration NumPy reports (library and version, not the kernel in use)."""
+    """The BLAS NumPy calls, its kernel and threads: from threadpoolctl when it is installed,
+    else from NumPy's build configuration and OpenBLAS itself."""
     if importlib.util.find_spec("threadpoolctl") is not None:
         from threadpoolctl import threadpool_info
 
@@ -164,10 +187,10 @@ def blas_description():
         return "; ".join(blas) or "none found by threadpoolctl"
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return (f"{blas.get('name')} {blas.get('version')} (from NumPy's build configuration; "
-                "install threadpoolctl to see the kernel and threads in use)")
+        name = f"{blas.get('name')} {blas.get('version')}"
     except (TypeError, KeyError):  # NumPy < 1.26 has no mode="dicts"
-        return "unknown (install threadpoolctl to see the BLAS library and kernel)"
+        name = "unknown library"
+    return f"{name} ({openblas_core() or 'kernel unknown: install threadpoolctl to see it'})"
 
 
 def worker(args):
@@ -229,7 +252,9 @@ def main():
 
     print(f"\n{args.model}, batch {args.batch_size}, {args.classes} classes, {args.threads} threads, "
           f"median of {args.rounds} rounds of {args.steps} steps")
-    print(f"NumPy {np.__version__}, BLAS: {results['amnp'][0]['blas']}")
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    print(f"NumPy {np.__version__}, BLAS: {results['amnp'][0]['blas']}"
+          + (f", OPENBLAS_CORETYPE={coretype}" if coretype else ""))
     if "torch" in results:
         print(results["torch"][0]["torch"])
     print(f"{'':<22}{'amnp':>24}" + (f"{'torch':>24}{'ratio':>8}" if "torch" in results else ""))
