@@ -8,7 +8,9 @@ builds the network, warms up, and times ``--steps`` training steps (network forw
 backward, AM-Softmax head, SGD with momentum and weight decay) and ``--steps`` embedding
 passes (network forward only, as evaluation runs it).  The medians over the rounds are
 printed with their ratio.  Alternating processes spreads the noise of a shared machine
-over both sides; the spread (min-max) is printed too, so judge the ratio with it.
+over both sides; the spread (min-max) is printed too, so judge the ratio with it.  The
+CPU time per step (all threads) is printed as well: with ``--threads 1`` on a machine
+shared with other work it is steadier than the wall time.
 
 The PyTorch network is built from amnp's own layer list with amnp's initial weights,
 and the AM-Softmax head and the SGD update are written inline with the same formulas.
@@ -16,9 +18,10 @@ PyTorch is not an amnp dependency: without it, only amnp is timed.  Both sides g
 same thread count (``--threads``, default: every core) through the usual environment
 variables and ``torch.set_num_threads``.  The BLAS library NumPy uses is printed with
 threadpoolctl where that is installed, else asked from OpenBLAS directly.  Check the
-kernel: OpenBLAS 0.3.31 takes some AVX-512 CPUs it does not recognise (an "AMD EPYC" under
-a hypervisor) for a Haswell and runs its AVX2 kernel, at about half the GEMM speed that
-``OPENBLAS_CORETYPE=SkylakeX`` (set before NumPy is imported) gives on such a CPU.
+kernel: an ``OPENBLAS_CORETYPE`` in the environment overrides OpenBLAS's own choice.  On the
+2-core development machine the environment sets ``OPENBLAS_CORETYPE=Haswell`` (AVX2) on a
+CPU with AVX-512, where OpenBLAS would pick its SkylakeX kernel, with GEMMs about 1.8x as
+fast, and where PyTorch uses AVX-512: run the script with and without it to see both.
 """
 import argparse
 import ctypes
@@ -44,12 +47,14 @@ def make_batch(shape, batch_size, classes):
 
 
 def time_calls(function, steps):
-    """Mean seconds per call over ``steps`` calls, after one warm-up call."""
+    """(wall, CPU) seconds per call over ``steps`` calls, after one warm-up call.  The CPU
+    time of all the process's threads is the steadier figure on a shared machine, at one
+    thread: it does not count the time spent waiting for a core."""
     function()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         function()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def peak_rss_mib():
@@ -143,17 +148,20 @@ def torch_training(model, batch_size, classes, device="cpu"):
     return step, embed
 
 
+def timings(step, embed, steps):
+    (step_wall, step_cpu), (embed_wall, embed_cpu) = time_calls(step, steps), time_calls(embed, steps)
+    return {"step": step_wall, "step_cpu": step_cpu, "embed": embed_wall, "embed_cpu": embed_cpu}
+
+
 def run_amnp(args):
-    step, embed = amnp_training(args.model, args.batch_size, args.classes)
-    return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
+    return timings(*amnp_training(args.model, args.batch_size, args.classes), args.steps)
 
 
 def run_torch(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    step, embed = torch_training(args.model, args.batch_size, args.classes)
-    return {"step": time_calls(step, args.steps), "embed": time_calls(embed, args.steps)}
+    return timings(*torch_training(args.model, args.batch_size, args.classes), args.steps)
 
 
 def openblas_core():
@@ -200,7 +208,8 @@ def worker(args):
         result["blas"] = blas_description()
     else:
         import torch
-        result["torch"] = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        result["torch"] = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                           f"{torch.backends.cpu.get_cpu_capability()} kernels")
     print(json.dumps(result))
 
 
@@ -258,7 +267,8 @@ def main():
     if "torch" in results:
         print(results["torch"][0]["torch"])
     print(f"{'':<22}{'amnp':>24}" + (f"{'torch':>24}{'ratio':>8}" if "torch" in results else ""))
-    for key, label in (("step", "training step (ms)"), ("embed", "embedding pass (ms)")):
+    for key, label in (("step", "training step (ms)"), ("embed", "embedding pass (ms)"),
+                       ("step_cpu", "step, CPU time (ms)"), ("embed_cpu", "embedding, CPU time")):
         line = f"{label:<22}"
         medians = {}
         for side in sides:
