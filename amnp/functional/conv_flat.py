@@ -88,10 +88,12 @@ def flat_conv2d_forward(x, w, b=None, stride=1, padding=0):
         cols[:, k] = flat[:, :, offset:offset + step * (length - 1) + 1:step].transpose(1, 0, 2)
     cols = cols.reshape(c * kernel[0] * kernel[1], n * length)
     out_ext = w.reshape(f, -1) @ cols  # the one GEMM: (F, C·kh·kw) @ (C·kh·kw, N·Ho·Wp)
-    out = out_ext.reshape(f, n, ho, wp)[:, :, :, :wo].transpose(1, 0, 2, 3)
-    out = xp.ascontiguousarray(out)
-    if b is not None:
-        out += b[:, None, None]
+    out_valid = out_ext.reshape(f, n, ho, wp)[:, :, :, :wo].transpose(1, 0, 2, 3)
+    out = xp.empty((n, f, ho, wo), dtype=x.dtype)
+    if b is None:
+        out[...] = out_valid
+    else:  # the bias goes in with the same pass that drops the junk columns
+        xp.add(out_valid, b[:, None, None], out=out)
     cache = FlatConv2dCache(cols, w, tuple(x.shape), (ho, wo), stride, padding, b is not None)
     return out, cache
 
@@ -106,8 +108,9 @@ def flat_conv2d_backward(dout, cache: FlatConv2dCache):
     f, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     wp = width + 2 * pw
     length = ho * wp
-    dout_ext = xp.zeros((f, n, ho, wp), dtype=dout.dtype)  # junk columns get zero gradient
+    dout_ext = xp.empty((f, n, ho, wp), dtype=dout.dtype)
     dout_ext[:, :, :, :wo] = dout.transpose(1, 0, 2, 3)
+    dout_ext[:, :, :, wo:] = 0  # junk columns get zero gradient
     dout_ext = dout_ext.reshape(f, n * length)
     # cols @ doutᵀ, transposed: BLAS is faster with the long N·Ho·Wp axis inner (see conv.py)
     dw = (cache.cols @ dout_ext.T).T.reshape(w.shape)
