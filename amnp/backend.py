@@ -139,6 +139,24 @@ def _is_cupy_array(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def _is_other_device_array(a) -> bool:
+    """Any other array type that names its array module the Array API way
+    (``__array_namespace__``), such as the tests' host-transfer guard (tests/host_guard.py),
+    which stands in for CuPy on machines without a GPU.  Like CuPy arrays, such arrays are
+    copied to the host only by an explicit ``.get()``."""
+    return not isinstance(a, (np.ndarray, np.generic)) and hasattr(type(a), "__array_namespace__")
+
+
+def _kind(a):
+    if _is_cupy_array(a):
+        return "a CuPy array"
+    if isinstance(a, np.ndarray):
+        return "a NumPy array"
+    if _is_other_device_array(a):
+        return f"a {type(a).__name__}"
+    return None
+
+
 def get_array_module(*arrays):
     """Return numpy or cupy according to the arrays given (non-arrays are ignored).
 
@@ -147,24 +165,26 @@ def get_array_module(*arrays):
     """
     kinds = {}
     for position, a in enumerate(arrays):
-        if _is_cupy_array(a):
-            kinds.setdefault("cupy", position)
-        elif isinstance(a, np.ndarray):
-            kinds.setdefault("numpy", position)
+        kind = _kind(a)
+        if kind is not None:
+            kinds.setdefault(kind, (position, a))
     if len(kinds) > 1:
+        (first, (i, _)), (second, (j, _)) = sorted(kinds.items(), key=lambda item: item[1][0])[:2]
         raise TypeError(
-            "arrays from different backends were mixed: argument "
-            f"{kinds['numpy']} is a NumPy array and argument {kinds['cupy']} is a CuPy array; "
-            "move them to one backend with amnp.asarray or amnp.to_numpy"
+            f"arrays from different backends were mixed: argument {i} is {first} and "
+            f"argument {j} is {second}; move them to one backend with amnp.asarray or amnp.to_numpy"
         )
-    if "cupy" in kinds:
+    if "a CuPy array" in kinds:
         return _import_cupy()
+    if kinds and "a NumPy array" not in kinds:
+        _, a = next(iter(kinds.values()))
+        return a.__array_namespace__()
     return np
 
 
 def to_numpy(a) -> np.ndarray:
     """Copy an array to the host as a NumPy array (a NumPy array is returned as is)."""
-    if _is_cupy_array(a):
+    if _is_cupy_array(a) or _is_other_device_array(a):
         return a.get()
     return np.asarray(a)
 

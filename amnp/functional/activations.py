@@ -60,7 +60,8 @@ def prelu_forward(x, weight):
             "(expected one per channel, or a single shared slope)"
         )
     negative_part = xp.minimum(x, 0)
-    out = xp.maximum(x, 0) + weight.reshape(_slope_shape(x, weight)) * negative_part
+    out = xp.maximum(x, 0)
+    out += weight.reshape(_slope_shape(x, weight)) * negative_part  # in place: one array fewer
     return out, PReLUCache(negative_part, weight, x > 0)
 
 
@@ -74,8 +75,10 @@ def prelu_backward(dout, cache: PReLUCache):
     negative_part, weight, positive = cache
     slope = weight.reshape(_slope_shape(negative_part, weight))
     dx = dout * (positive + slope * ~positive)  # exactly 1 or exactly the slope
-    reduce_axes = (0,) + tuple(range(2, dout.ndim))
-    dweight = (dout * negative_part).sum(axis=reduce_axes)
+    # einsum sums the products without storing them: one pass over memory instead of two
+    per_sample = (dout.shape[0], dout.shape[1], -1)  # (N, C, everything else)
+    dweight = get_array_module(dout).einsum(
+        "ncs,ncs->c", dout.reshape(per_sample), negative_part.reshape(per_sample))
     if weight.shape[0] == 1:
         dweight = dweight.sum(keepdims=True)
     return dx, dweight

@@ -41,7 +41,11 @@ def pad_spatial(x, padding, value=0.0):
     if ph == 0 and pw == 0:
         return x
     xp = get_array_module(x)
-    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=value)
+    n, c, height, width = x.shape
+    # a filled array and one copy: several times faster than the general-purpose xp.pad
+    padded = xp.full((n, c, height + 2 * ph, width + 2 * pw), value, dtype=x.dtype)
+    padded[:, :, ph:ph + height, pw:pw + width] = x
+    return padded
 
 
 def window_slice(i, j, out_hw, stride):

@@ -47,6 +47,8 @@ class Conv2d(Layer):
     """2-D convolution.  x: (N, in_channels, H, W) -> (N, out_channels, Ho, Wo).
 
     weight (out_channels, in_channels, kh, kw), bias (out_channels,); zero padding.
+    Stride-1 convolutions run the flattened-row gather (:mod:`amnp.functional.conv_flat`),
+    others the plain im2col; both compute the same function.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -64,13 +66,20 @@ class Conv2d(Layer):
         if bias:
             self.add_parameter("bias", param_init.constant((self.out_channels,), 0.0, dtype), weight_decay=False)
 
+    def _pair(self):
+        """The functional pair for this geometry: the flat gather wastes Wp/Wo of the GEMM
+        on junk columns, which is cheap at stride 1 and doubles it at stride 2."""
+        if self.stride == (1, 1):
+            return F.flat_conv2d_forward, F.flat_conv2d_backward
+        return F.conv2d_forward, F.conv2d_backward
+
     def forward(self, x):
-        out, self._cache = F.conv2d_forward(
+        out, self._cache = self._pair()[0](
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
         return out
 
     def backward(self, dout):
-        dx, self.grads["weight"], db = F.conv2d_backward(dout, self._last_cache())
+        dx, self.grads["weight"], db = self._pair()[1](dout, self._last_cache())
         if db is not None:
             self.grads["bias"] = db
         return dx

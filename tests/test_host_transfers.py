@@ -1,0 +1,92 @@
+"""No device-to-host transfer inside a training step, proven on the CPU.
+
+tests/host_guard.py wraps NumPy arrays in a type that refuses every implicit conversion
+to host values (float, int, bool, __array__, .item(), .tolist()) and counts the explicit
+ones, the way CuPy arrays behave on a GPU.  The network's forward and backward and the
+SGD update run on it here; a stray ``float(x)`` or ``if (x > 0).any():`` would raise.
+(The loss and the trainer are checked the same way once they are on guarded arrays too.)
+"""
+import numpy as np
+import pytest
+
+import amnp
+from amnp import layers as L
+from amnp import models
+from amnp.optim import SGD
+
+from .host_guard import GuardedArray, HostTransfer, guard, guard_parameters, transfers
+
+
+def network():
+    """Every layer the presets use, both convolution paths (stride 1 and 2), at toy size."""
+    return models.sphereface(10, widths=(2, 3, 4, 5), in_channels=1, input_size=(12, 10),
+                             embedding_size=6, rng=0)
+
+
+def test_network_step_and_sgd_never_download():
+    net = network()
+    guard_parameters(net)
+    optimizer = SGD(net, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = guard(rng.standard_normal((3, 1, 12, 10)).astype(np.float32))
+    dout = guard(rng.standard_normal((3, 6)).astype(np.float32))
+    with transfers() as count:
+        for _ in range(2):  # the second step also runs the momentum buffers' update path
+            embeddings = net.forward(x)
+            dx = net.backward(dout)
+            optimizer.step(0.01)
+    assert count.downloads == 0
+    assert isinstance(embeddings, GuardedArray) and isinstance(dx, GuardedArray)
+    for _, owner, key in net.named_parameters():
+        assert isinstance(owner.params[key], GuardedArray) and isinstance(owner.grads[key], GuardedArray)
+
+
+def test_guarded_step_computes_what_numpy_computes():
+    """The guard changes where values may be read, never the values."""
+    plain, guarded = network(), network()
+    guard_parameters(guarded)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 1, 12, 10)).astype(np.float32)
+    dout = rng.standard_normal((2, 6)).astype(np.float32)
+    for net, inputs in ((plain, (x, dout)), (guarded, (guard(x), guard(dout)))):
+        net.forward(inputs[0])
+        net.backward(inputs[1])
+        SGD(net).step(0.1)
+    for (name, owner, key), (_, g_owner, g_key) in zip(plain.named_parameters(), guarded.named_parameters()):
+        np.testing.assert_array_equal(amnp.to_numpy(g_owner.params[g_key]), owner.params[key], err_msg=name)
+
+
+@pytest.mark.parametrize("implicit", [
+    float, int, bool, np.asarray,
+    lambda a: a.item(), lambda a: a.tolist(),
+    lambda a: 1 if a.sum() > 0 else 0,     # a branch on a device value
+    lambda a: [0, 1, 2][a[0]],             # a device value used as an index
+], ids=["float", "int", "bool", "asarray", "item", "tolist", "if", "index"])
+def test_every_implicit_download_raises(implicit):
+    a = guard(np.ones(1, np.int64))
+    with pytest.raises(HostTransfer, match="implicitly"):
+        implicit(a)
+
+
+def test_explicit_downloads_are_counted_and_mixing_is_refused():
+    a = guard(np.arange(3.0))
+    with transfers() as count:
+        host = amnp.to_numpy(a)
+        amnp.to_numpy(a + 1)
+    assert count.downloads == 2 and isinstance(host, np.ndarray)
+    with pytest.raises(TypeError, match="mixed"):
+        a + np.ones(3)
+    with pytest.raises(TypeError, match="argument 0 is a NumPy array and argument 1 is a GuardedArray"):
+        amnp.get_array_module(np.ones(3), a)
+
+
+def test_a_layer_that_reads_a_value_back_is_caught():
+    """The harness can fail: a layer that branches on a device value is detected."""
+    class Careless(L.ReLU):
+        def forward(self, x):
+            if (x > 100).any():  # a host round-trip hidden in an if
+                raise ValueError("too large")
+            return super().forward(x)
+
+    with pytest.raises(HostTransfer):
+        L.Sequential(Careless()).forward(guard(np.ones((2, 2), np.float32)))
