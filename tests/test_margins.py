@@ -386,7 +386,10 @@ def test_resolving_fills_defaults_and_is_idempotent():
         resolved = resolve_loss_options(name, {})
         assert resolve_loss_options(name, resolved) == resolved
         assert set(resolved) <= {o.name for o in LOSSES[name].options}
-    assert "s" not in resolve_loss_options("am-softmax", {"normalize_features": False})
+    without_fn = resolve_loss_options("am-softmax", {"normalize_features": False})
+    assert "s" not in without_fn and without_fn["margin_ramp"] == 2.5e-4  # ‖f‖ must grow first
+    assert resolve_loss_options("am-softmax", {"normalize_features": False, "margin_ramp": 0.01})["margin_ramp"] == 0.01
+    assert resolve_loss_options("am-softmax", {})["margin_ramp"] is None
 
 
 def test_heads_are_margin_heads_except_softmax():
