@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 
-from .backend import get_array_module
+from .backend import get_array_module, to_numpy
 
 
 def pair(value, name: str, where: str) -> tuple[int, int]:
@@ -56,8 +56,9 @@ class NonFiniteError(ValueError):
 
 
 def finite(x, where: str, name: str) -> None:
+    """Reads one value back from the device (an explicit, counted transfer)."""
     xp = get_array_module(x)
-    if not bool(xp.isfinite(x).all()):
+    if not bool(to_numpy(xp.isfinite(x).all())):
         raise NonFiniteError(f"{where}: {name} contains NaN or Inf")
 
 
@@ -80,7 +81,7 @@ def class_labels(labels, num_samples: int, num_classes: int, where: str, check_r
         )
     if num_samples == 0 or not check_range:
         return
-    low, high = int(labels.min()), int(labels.max())
+    low, high = int(to_numpy(labels.min())), int(to_numpy(labels.max()))
     if low < 0 or high >= num_classes:
         raise ValueError(
             f"{where}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "

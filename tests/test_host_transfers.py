@@ -4,7 +4,8 @@ tests/host_guard.py wraps NumPy arrays in a type that refuses every implicit con
 to host values (float, int, bool, __array__, .item(), .tolist()) and counts the explicit
 ones, the way CuPy arrays behave on a GPU.  The network's forward and backward and the
 SGD update run on it here; a stray ``float(x)`` or ``if (x > 0).any():`` would raise.
-(The loss and the trainer are checked the same way once they are on guarded arrays too.)
+The trainer is checked the same way: its steps, for every head, download nothing, and
+its loop reads values back once per log window and at checkpoints only.
 """
 import numpy as np
 import pytest
@@ -90,3 +91,47 @@ def test_a_layer_that_reads_a_value_back_is_caught():
 
     with pytest.raises(HostTransfer):
         L.Sequential(Careless()).forward(guard(np.ones((2, 2), np.float32)))
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+from amnp.training import TrainConfig, Trainer  # noqa: E402
+
+from .test_training import tiny_dataset  # noqa: E402
+
+MEMBERS = [("softmax", {}), ("normface", {"learn_scale": True}), ("am-softmax", {}),
+           ("am-softmax", {"normalize_features": False}), ("sphereface", {}), ("arcface", {}),
+           ("combined", {})]
+
+
+def guarded_trainer(tmp_path, loss, options, **settings):
+    config = TrainConfig(loss=loss, loss_options=dict(options), iters=6, batch_size=8, warmup=2,
+                         **settings)
+    trainer = Trainer(config, tiny_dataset(mirror=True), str(tmp_path), progress=False)
+    guard_parameters(trainer.model)
+    trainer.train_images, trainer.train_labels = guard(trainer.train_images), guard(trainer.train_labels)
+    return trainer
+
+
+@pytest.mark.parametrize("loss, options", MEMBERS, ids=[f"{l}{o}" for l, o in MEMBERS])
+def test_training_steps_of_every_head_never_download(tmp_path, loss, options):
+    trainer = guarded_trainer(tmp_path, loss, options)
+    with transfers() as count:
+        for step in range(3):
+            values = trainer.train_step(step)
+    assert count.downloads == 0
+    assert all(isinstance(v, GuardedArray) for v in values)
+
+
+def test_the_training_loop_downloads_once_per_log_window_and_at_checkpoints(tmp_path):
+    """6 steps logged every 2: three window reads, one each, and the final checkpoint
+    (one finiteness read per parameter, and the copies it saves); nothing per step."""
+    trainer = guarded_trainer(tmp_path, "normface", {"learn_scale": True}, log_every=2,
+                              checkpoint_every=1000)
+    trainer.start()
+    with transfers() as count:
+        assert trainer.train() == "finished"
+    with transfers() as checkpoint_count:  # what the final checkpoint costs, momentum included
+        trainer.save_checkpoint()
+    learned_scale_reads = 3  # the logged s, one per window
+    assert count.downloads == 3 + learned_scale_reads + checkpoint_count.downloads
