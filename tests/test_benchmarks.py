@@ -1,0 +1,21 @@
+"""The benchmark scripts still run against the library (they are not timed here: speed is
+measured by running them, never by tests)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, arguments", [
+    ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
+                          "--steps", "1"]),
+    ("speed.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--steps", "1"]),
+])
+def test_benchmark_runs_at_toy_size(script, arguments):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *arguments],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "training step" in done.stdout or "step" in done.stdout
