@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train an embedding network with AM-Softmax (defaults: glyphs, small preset, CPU)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     train.add_argument("--dataset", default=defaults.dataset, help="glyphs, folder:PATH or mnist:PATH")
     train.add_argument("--image-size", metavar="H,W", default=None,
                        help="folder datasets: resize every image to H,W (needed when sizes differ)")
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(parser=train)  # for telling which options were given (--resume)
 
     evaluate_cmd = commands.add_parser(
-        "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree")
+        "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree",
+        allow_abbrev=False)
     evaluate_cmd.add_argument("run_dir", metavar="DIR")
     evaluate_cmd.add_argument("--pairs", metavar="PAIRS_TXT", default=None,
                               help="LFW-style pairs.txt (its folds); needs --images")
@@ -300,22 +301,18 @@ def report(run_dir: str, net, dataset, seed: int) -> dict:
 RESUME_OPTIONS = ("resume", "backend", "stop_at", "no_eval")
 
 
-def options_given(parser, args, allowed) -> list[str]:
-    """The options of ``parser``, other than ``allowed`` (dests), given on the command line:
-    those whose value in ``args`` is not their default, and those without a default (the
-    loss options) that are present at all."""
-    def given(action):
-        if action.default is argparse.SUPPRESS:
-            return hasattr(args, action.dest)
-        return getattr(args, action.dest, action.default) != action.default
-
+def options_given(parser, argv, allowed) -> list[str]:
+    """The options of ``parser``, other than ``allowed`` (dests), that appear in ``argv``,
+    whatever their value: one given with its default value was still asked for.  (The
+    parsers take no abbreviations, so every option appears under its own name.)"""
+    written = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
     return ["/".join(o for o in action.option_strings if o.startswith("--")) for action in parser._actions
-            if action.option_strings and action.dest not in allowed and given(action)]
+            if action.option_strings and action.dest not in allowed and written & set(action.option_strings)]
 
 
 def train_command(args) -> int:
     if args.resume is not None:
-        ignored = options_given(args.parser, args, RESUME_OPTIONS)
+        ignored = options_given(args.parser, args.argv, RESUME_OPTIONS)
         if ignored:
             raise UsageError(
                 f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
@@ -389,7 +386,7 @@ def eval_command(args) -> int:
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
-        given = options_given(args.parser, args, ("run_dir", "backend", "pairs", "images"))
+        given = options_given(args.parser, args.argv, ("run_dir", "backend", "pairs", "images"))
         if given:
             raise UsageError(f"{', '.join(given)} apply only with --pairs and --images; without them "
                              f"eval re-evaluates the run on its own held-out identities")
@@ -478,7 +475,9 @@ def plain_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # which options were written, for the commands that refuse some
     try:
         with warnings.catch_warnings():
             warnings.showwarning = plain_warning

@@ -8,8 +8,8 @@ ordinary run directory ``DIR/<entry>`` with the same network, data, schedule and
 evaluates each on the held-out identities, and writes ``DIR/comparison.md``,
 ``DIR/comparison.json`` and ``DIR/figures/`` (target logits, every run's ROC, features on
 the sphere).  Running it again with the same DIR skips finished runs, resumes an
-interrupted one and rebuilds the table; Ctrl-C stops between steps, leaving every
-finished run intact.
+interrupted one and rebuilds the table (finished runs are re-evaluated, which gives
+the same numbers); Ctrl-C stops between steps, leaving every finished run intact.
 
 An entry is ``LOSS`` or ``LOSS:OPTION=VALUE:...``, e.g. ``am-softmax:m=0.3`` or
 ``am-softmax:normalize_features=false``, with the options of amnp.heads.LOSSES.
@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import figures, models
-from .backend import asarray, to_numpy
+from .backend import asarray, get_backend, to_numpy
 from .evaluation import roc_curve
 from .functional import l2_normalize_forward
 from .heads import TrainingModel, build_head, resolve_loss_options
@@ -89,7 +89,8 @@ class Row(NamedTuple):
 def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position: str, progress):
     """The trained run of one entry: a new run, the rest of an interrupted one, or the one
     finished earlier.  Returns its Row, or None when Ctrl-C stopped it (checkpoint saved)."""
-    config = dataclasses.replace(base, loss=entry.loss, loss_options=dict(entry.options))
+    config = dataclasses.replace(base, loss=entry.loss, loss_options=dict(entry.options),
+                                 backend=base.backend or get_backend())
     config.validate()
     run_dir = os.path.join(out_dir, entry.name)
     trainer = Trainer(config, dataset, run_dir, progress=progress)
@@ -98,9 +99,10 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
         with open(os.path.join(run_dir, "config.json")) as file:
             saved = TrainConfig.from_dict(json.load(file))
         saved.validate()
-        if dataclasses.asdict(saved) != dataclasses.asdict(config):
+        if _settings(saved) != _settings(config):
+            differ = sorted(k for k in _settings(config) if _settings(saved)[k] != _settings(config)[k])
             raise ValueError(f"{run_dir} holds a run with other settings than this comparison's "
-                             "(another --epochs, --iters or --seed?); choose another --out")
+                             f"({', '.join(differ)}); choose another --out")
         trainer.resume()
     else:
         trainer.start()
@@ -114,9 +116,15 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
                 return None
         except TrainingDiverged as exc:  # one loss failing to train is a result, not the end
             print(f"{position} {title}: {exc}", flush=True)
-            return Row(entry, None, None, trainer.step, train_seconds(run_dir, config.batch_size), str(exc))
+            return Row(entry, None, None, exc.step, train_seconds(run_dir, config.batch_size), str(exc))
     metrics, scores = evaluate(trainer.model.net, dataset, run_dir, config.seed)
     return Row(entry, metrics, scores, trainer.step, train_seconds(run_dir, config.batch_size))
+
+
+def _settings(config: TrainConfig) -> dict:
+    """What makes two runs the same experiment: everything but the backend, so a comparison
+    started on one backend may continue on the other."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "backend"}
 
 
 def train_seconds(run_dir: str, batch_size: int) -> float:

@@ -104,15 +104,18 @@ class MarginHead(Head):
     The scale is one of:
     - a fixed ``s``;
     - the parameter ``scale`` (``learn_scale=True``, starting at ``s``): s itself, so its
-      gradient is ∂L/∂s; exempt from weight decay.  The forward pass uses
-      max(scale, SCALE_FLOOR), so below the floor its gradient is 0 (at the floor, 1);
+      gradient is ∂L/∂s; exempt from weight decay.  It must start at SCALE_FLOOR or above;
+      the forward pass uses max(scale, SCALE_FLOOR), whose gradient is 0 below the floor
+      (at the floor, 1), so a scale that an update pushes below the floor stays there,
+      training with s = SCALE_FLOOR (it grew in every measured run: 16 to 22);
     - the feature norm ‖f_n‖ (``s=None``): the features are not normalised, and the
       gradient reaches them through ‖f‖ as well as through the cosines.
     """
 
     def __init__(self, margin: Margin, embedding_size, num_classes, s=None, learn_scale=False,
-                 dtype=np.float32, rng=None):
+                 dtype=np.float32, rng=None, name="margin_softmax"):
         super().__init__()
+        self.name = name  # the loss's name, for error messages
         self.classifier = CosineLinear(embedding_size, num_classes, dtype=dtype, rng=rng)
         self.margin, self.s = margin, s
         if learn_scale:
@@ -124,7 +127,7 @@ class MarginHead(Head):
     def schedule(self) -> dict:
         values = dict(self.margin.current)
         if "scale" in self.params:
-            values["s"] = self.params["scale"][0]
+            values["s"] = self._scale()[0]  # the s the forward pass uses
         return values
 
     def _scale(self):
@@ -136,7 +139,7 @@ class MarginHead(Head):
         self.labels = labels
         self.scores = self.classifier.forward(embeddings)
         loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
-                                                     type(self).__name__, check_values)
+                                                     self.name, check_values)
         return loss
 
     def backward(self):
@@ -192,10 +195,12 @@ def angle(value, option):
     return value
 
 
-def integer_at_least_one(value, option):
+def sphereface_margin(value, option):
+    """A-Softmax's m: an integer from 1 (NormFace scaled by ‖f‖) to 10; the papers use 2 to 4,
+    and ψ has 2m − 1 sectors to tell apart."""
     value = _number(value, option)
-    if value != int(value) or value < 1:
-        raise ValueError(f"{option} must be an integer >= 1, got {value}")
+    if value != int(value) or not 1 <= value <= 10:
+        raise ValueError(f"{option} must be an integer from 1 to 10, got {value}")
     return int(value)
 
 
@@ -205,8 +210,8 @@ def flag(value, option):
     return bool(value)
 
 
-def optional_positive(value, option):
-    return None if value is None else positive(value, option)
+def optional_non_negative(value, option):
+    return None if value is None else non_negative(value, option)
 
 
 @dataclass(frozen=True)
@@ -239,9 +244,9 @@ def _scale_option(default):
 
 
 def _margin_ramp(o):
-    """m(t) = min(m, γ·t) with margin_ramp γ, else m throughout."""
+    """m(t) = min(m, γ·t) with margin_ramp γ > 0, else m throughout (γ = 0 or None)."""
     m, ramp = o["m"], o["margin_ramp"]
-    return (lambda step: m) if ramp is None else (lambda step: min(m, ramp * step))
+    return (lambda step: min(m, ramp * step)) if ramp else (lambda step: m)
 
 
 def _sphereface_lambda(o):
@@ -252,12 +257,19 @@ def _sphereface_lambda(o):
 
 def _build_normface(e, c, o, dtype, rng):
     return MarginHead(Margin(F.no_margin, {}), e, c, s=o["s"], learn_scale=o["learn_scale"],
-                      dtype=dtype, rng=rng)
+                      dtype=dtype, rng=rng, name="normface")
+
+
+def _normface_rules(options, given):
+    if options["learn_scale"] and options["s"] < SCALE_FLOOR:
+        raise ValueError(f"s (--s) of loss 'normface' is where a learned scale starts, and it is kept at "
+                         f"{SCALE_FLOOR:g} or above; got {options['s']}")
+    return options
 
 
 def _build_am_softmax(e, c, o, dtype, rng):
     margin = Margin(F.additive_margin, {"conditional": o["conditional_margin"]}, {"m": _margin_ramp(o)})
-    return MarginHead(margin, e, c, s=o.get("s"), dtype=dtype, rng=rng)  # no s: scaled by ‖f‖
+    return MarginHead(margin, e, c, s=o.get("s"), dtype=dtype, rng=rng, name="am-softmax")  # no s: ‖f‖
 
 
 # Without feature normalisation the logits are ‖f‖(cos θ − m·[j = y]); at the start ‖f‖ is
@@ -281,16 +293,17 @@ def _am_softmax_rules(options, given):
 
 def _build_sphereface(e, c, o, dtype, rng):
     margin = Margin(F.sphereface_margin, {"m": o["m"]}, {"lam": _sphereface_lambda(o)})
-    return MarginHead(margin, e, c, s=None, dtype=dtype, rng=rng)
+    return MarginHead(margin, e, c, s=None, dtype=dtype, rng=rng, name="sphereface")
 
 
 def _build_arcface(e, c, o, dtype, rng):
-    return MarginHead(Margin(F.arcface_margin, {"m": o["m"]}), e, c, s=o["s"], dtype=dtype, rng=rng)
+    return MarginHead(Margin(F.arcface_margin, {"m": o["m"]}), e, c, s=o["s"], dtype=dtype, rng=rng,
+                      name="arcface")
 
 
 def _build_combined(e, c, o, dtype, rng):
     margin = Margin(F.combined_margin, {"m1": o["m1"], "m2": o["m2"], "m3": o["m3"]})
-    return MarginHead(margin, e, c, s=o["s"], dtype=dtype, rng=rng)
+    return MarginHead(margin, e, c, s=o["s"], dtype=dtype, rng=rng, name="combined")
 
 
 LOSSES = {spec.name: spec for spec in (
@@ -298,14 +311,14 @@ LOSSES = {spec.name: spec for spec in (
              lambda e, c, o, dtype, rng: SoftmaxHead(e, c, dtype=dtype, rng=rng)),
     LossSpec("normface", "s·cos θ_y", (
         _scale_option(16.0),
-        Option("learn_scale", False, flag, f"learn s (parameter 'scale', starting at s, kept >= {SCALE_FLOOR:g})"),
-    ), _build_normface),
+        Option("learn_scale", False, flag, f"learn s (parameter 'scale', starting at s >= {SCALE_FLOOR:g}; forward uses max(scale, {SCALE_FLOOR:g}))"),
+    ), _build_normface, _normface_rules),
     LossSpec("am-softmax", "s·(cos θ_y − m), or ‖f‖·(cos θ_y − m) without feature normalisation", (
         Option("m", 0.35, non_negative, "additive margin"),
         _scale_option(16.0),
-        Option("margin_ramp", None, optional_positive,
-               "grow the margin as min(m, RAMP·step) instead of starting at m "
-               f"(without feature normalisation the default is {NO_FN_MARGIN_RAMP:g})"),
+        Option("margin_ramp", None, optional_non_negative,
+               "grow the margin as min(m, RAMP·step); 0: full m from the first step (the default, "
+               f"except without feature normalisation, where it is {NO_FN_MARGIN_RAMP:g})"),
         Option("conditional_margin", False, flag,
                "subtract m only where the target cosine exceeds m (the authors' Caffe rule)"),
         Option("normalize_features", True, flag,
@@ -314,7 +327,7 @@ LOSSES = {spec.name: spec for spec in (
                flag="--no-feature-normalization"),
     ), _build_am_softmax, _am_softmax_rules),
     LossSpec("sphereface", "‖f‖·(ψ(θ_y) + λ cos θ_y)/(1 + λ), ψ(θ) = (−1)^k cos(mθ) − 2k", (
-        Option("m", 4, integer_at_least_one, "angular margin (an integer)"),
+        Option("m", 4, sphereface_margin, "angular margin (an integer from 1 to 10)"),
         Option("lambda_base", 1000.0, non_negative, "λ at the start"),
         Option("lambda_gamma", 0.12, non_negative, "λ decay rate γ"),
         Option("lambda_power", 1.0, non_negative, "λ decay power"),

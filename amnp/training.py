@@ -131,7 +131,11 @@ def preprocess(images_uint8, mirror_mask=None):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the message names the step."""
+    """The loss or a parameter became NaN or Inf at ``step``; the message names it."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class Trainer:
@@ -292,7 +296,8 @@ class Trainer:
         kept = ("the last good checkpoint is kept in " + self.path("checkpoint.npz")
                 if os.path.exists(self.path("checkpoint.npz")) else "no checkpoint was written yet")
         return TrainingDiverged(f"training diverged at step {step}: {reason}; {kept}. "
-                                "Try a smaller --lr or --s, or --margin-ramp.")
+                                "Try a smaller learning rate, or the loss's gentler settings "
+                                "(a smaller s, a margin ramp; amnp margins lists them).", step)
 
     def _catch_interrupts(self):
         """Ctrl-C sets a flag that the loop checks between steps, so it never stops halfway

@@ -481,7 +481,7 @@ def margin_family_torch(loss, options, x, w, labels, scale):
        member=st.sampled_from([
            ("normface", {"s": 9.0, "learn_scale": True}),
            ("am-softmax", {"m": 0.3, "s": 12.0}),
-           ("am-softmax", {"m": 0.3, "normalize_features": False}),
+           ("am-softmax", {"m": 0.3, "normalize_features": False, "margin_ramp": 0.0}),
            ("sphereface", {"m": 4, "lambda_base": 3.0, "lambda_min": 3.0}),
            ("sphereface", {"m": 3, "lambda_base": 0.0, "lambda_min": 0.0}),
            ("arcface", {"m": 0.5, "s": 16.0}),

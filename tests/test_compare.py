@@ -7,7 +7,7 @@ import pytest
 
 from amnp import cli, compare
 from amnp.compare import Entry, entry_title, parse_entry
-from amnp.training import Trainer
+from amnp.training import TrainConfig, Trainer
 
 from .test_training import tiny_dataset
 
@@ -81,10 +81,19 @@ def test_compare_after_ctrl_c_keeps_finished_runs_and_continues(tmp_path, tiny, 
     assert "[1/2] softmax: finished earlier" in printed and "[2/2] arcface: steps 2 to 4" in printed
 
 
+def test_compare_from_python_resumes_with_the_default_backend(tmp_path, monkeypatch):
+    """compare() called with backend=None (the library default) finds its own runs again."""
+    monkeypatch.setattr(compare, "SPHERE_STEPS", 2)
+    base = TrainConfig(iters=2, epochs=None, batch_size=8)
+    entries = [parse_entry("softmax")]
+    first = compare.compare(entries, base, tiny_dataset(), str(tmp_path / "c"))
+    assert compare.compare(entries, base, tiny_dataset(), str(tmp_path / "c")) == first
+
+
 def test_compare_refuses_a_directory_of_other_settings(tmp_path, tiny, capsys):
     out = tmp_path / "cmp"
     assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--losses", "softmax"]) == 0
     assert cli.main(["compare", "--out", str(out), "--iters", "3", "--batch-size", "8", "--losses", "softmax"]) == cli.EXIT_BAD_INPUT
-    assert "holds a run with other settings" in capsys.readouterr().err
+    assert "holds a run with other settings than this comparison's (iters)" in capsys.readouterr().err
     assert cli.main(["compare", "--out", str(out), "--losses", "softmax,softmax"]) == cli.EXIT_BAD_INPUT
     assert "names an entry twice" in capsys.readouterr().err

@@ -134,6 +134,8 @@ def mismatched_tree(base):
      "so --iters, --lr cannot apply; on resume only --backend, --stop-at and --no-eval do"),
     (["train", "--resume", "{run}", "--m", "0.2", "--no-feature-normalization", "--margins", "1,0,0"],
      "so --m, --no-feature-normalization, --margins cannot apply"),
+    (["train", "--resume", "{run}", "--lr", "0.1", "--loss", "am-softmax", "--seed=0"],
+     "so --loss, --lr, --seed cannot apply"),  # given at their default values: still refused
 ])
 def test_errors_are_one_line_and_write_nothing(trained, capsys, arguments, message):
     base = trained["base"]
@@ -165,8 +167,9 @@ def test_resume_refuses_options_added_later():
     parser = cli.build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     train.add_argument("--some-future-option", type=int, default=None)
-    args = parser.parse_args(["train", "--resume", "r", "--some-future-option", "3", "--stop-at", "9"])
-    assert cli.options_given(args.parser, args, cli.RESUME_OPTIONS) == ["--some-future-option"]
+    argv = ["train", "--resume", "r", "--some-future-option", "3", "--stop-at", "9"]
+    args = parser.parse_args(argv)
+    assert cli.options_given(args.parser, argv, cli.RESUME_OPTIONS) == ["--some-future-option"]
 
 
 def test_train_image_options_for_folders(tmp_path, capsys):

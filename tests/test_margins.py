@@ -371,7 +371,7 @@ def test_the_registry_refuses_what_does_not_apply():
         build_head("arcface", 3, 4, learn_scale=True)
     with pytest.raises(ValueError, match="does not apply to am-softmax without feature normalisation"):
         build_head("am-softmax", 3, 4, normalize_features=False, s=30)
-    with pytest.raises(ValueError, match=r"m \(--m\) of loss 'sphereface' must be an integer >= 1, got 2.5"):
+    with pytest.raises(ValueError, match=r"m \(--m\) of loss 'sphereface' must be an integer from 1 to 10, got 2.5"):
         build_head("sphereface", 3, 4, m=2.5)
     with pytest.raises(ValueError, match=r"must lie in \[0, π\)"):
         build_head("arcface", 3, 4, m=math.pi)
@@ -390,6 +390,8 @@ def test_resolving_fills_defaults_and_is_idempotent():
     assert "s" not in without_fn and without_fn["margin_ramp"] == 2.5e-4  # ‖f‖ must grow first
     assert resolve_loss_options("am-softmax", {"normalize_features": False, "margin_ramp": 0.01})["margin_ramp"] == 0.01
     assert resolve_loss_options("am-softmax", {})["margin_ramp"] is None
+    no_ramp = build_head("am-softmax", 3, 4, normalize_features=False, margin_ramp=0)
+    assert no_ramp.schedule()["m"] == 0.35  # 0 asks for the full margin from the first step
 
 
 def test_heads_are_margin_heads_except_softmax():

@@ -70,7 +70,7 @@ def test_heads():
     assert head.backward().shape == emb.shape
     softmax = build_head("softmax", 4, 3)
     assert [n for n, _, _ in softmax.named_parameters()] == ["classifier.weight", "classifier.bias"]
-    with pytest.raises(ValueError, match="margin_ramp .* must be > 0"):
+    with pytest.raises(ValueError, match="margin_ramp .* must be >= 0"):
         build_head("am-softmax", 4, 3, margin_ramp=-1.0)
     with pytest.raises(ValueError, match="unknown loss 'cosface'"):
         build_head("cosface", 4, 3)

@@ -147,8 +147,10 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     (["--loss", "sphereface", "--s", "30"], "loss 'sphereface' does not take 's'"),
     (["--loss", "arcface", "--m", "3.5"], "m (--m) of loss 'arcface' must lie in [0, π)"),
     (["--loss", "arcface", "--m", "-0.1"], "m (--m) of loss 'arcface' must lie in [0, π)"),
-    (["--loss", "sphereface", "--m", "2.5"], "m (--m) of loss 'sphereface' must be an integer >= 1"),
-    (["--loss", "sphereface", "--m", "0"], "m (--m) of loss 'sphereface' must be an integer >= 1"),
+    (["--loss", "sphereface", "--m", "2.5"], "m (--m) of loss 'sphereface' must be an integer from 1 to 10"),
+    (["--loss", "sphereface", "--m", "0"], "m (--m) of loss 'sphereface' must be an integer from 1 to 10"),
+    (["--loss", "sphereface", "--m", "1e12"], "m (--m) of loss 'sphereface' must be an integer from 1 to 10"),
+    (["--loss", "normface", "--learn-scale", "--s", "0.5"], "is where a learned scale starts, and it is kept at 1"),
     (["--loss", "combined", "--margins", "1,0.3"], "--margins takes three numbers M1,M2,M3"),
     (["--loss", "combined", "--margins", "1,a,0.3"], "--margins takes three numbers M1,M2,M3"),
     (["--loss", "combined", "--margins", "0,0.3,0.2"], "m1 (--margins) of loss 'combined' must be > 0"),
@@ -161,7 +163,7 @@ def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_c
     (["--batch-size", "100"], "batch-size 100 is larger than the 48 training images"),
     (["--epochs", "inf"], "epochs must be a finite number > 0"),
     (["--lr", "inf"], "learning rate must be a finite number > 0"),
-    (["--margin-ramp", "0"], "margin_ramp (--margin-ramp) of loss 'am-softmax' must be > 0"),
+    (["--margin-ramp", "-0.1"], "margin_ramp (--margin-ramp) of loss 'am-softmax' must be >= 0"),
 ])
 def test_cli_bad_options(tmp_path, tiny_cli, capsys, arguments, message):
     arguments = ["--batch-size", "8", *arguments]  # the last --batch-size wins

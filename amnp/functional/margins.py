@@ -30,7 +30,6 @@ import math
 from typing import Callable, NamedTuple
 
 from ..backend import get_array_module
-from ..validation import floating_array
 from .losses import SoftmaxCrossEntropyCache, _cross_entropy, check_scores_and_labels, softmax_cross_entropy_backward
 
 # The smallest sin θ the ArcFace and combined-margin slopes divide by.  Their exact
@@ -149,7 +148,6 @@ def check_scale(scale, num_samples, dtype, where):
     """A fixed scale is a finite number > 0; an array scale has shape (N, 1) (one per
     sample, the feature norms) or (1,) (one learned s) and the cosines' dtype."""
     if hasattr(scale, "shape"):
-        floating_array(scale, len(scale.shape), "(N, 1) or (1,)", where, "scale")
         if tuple(scale.shape) not in ((num_samples, 1), (1,)):
             raise ValueError(f"{where}: an array scale must have shape ({num_samples}, 1) or (1,), "
                              f"got {tuple(scale.shape)}")
