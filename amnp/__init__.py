@@ -20,7 +20,6 @@ from .backend import (
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name):
     # load_run needs the trainer's config and so tqdm and matplotlib: import it on first use
     if name == "load_run":

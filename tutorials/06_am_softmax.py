@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 import checks
-from amnp.gradcheck import numerical_gradient, rel_error
+from amnp.gradcheck import numerical_gradient
 
 rng = np.random.default_rng(6)
 

@@ -267,8 +267,8 @@ checks.show(os.path.join(OUT, "07_sphere_all.png"))
 print(f"{'':8} {'loss':<32} {'held-out acc':>12} {'spread':>8} {'gap':>8} {'gap/spread':>11}")
 for (where, key), (title, accuracy, spread, gap) in results.items():
     print(f"{where:8} {title:<32} {accuracy:12.3f} {spread:8.1f} {gap:8.1f} {gap / spread:11.1f}")
-print(f"(spread: mean angle between held-out features and their class centre; gap: smallest angle "
-      f"between class centres; degrees)")
+print("(spread: mean angle between held-out features and their class centre; gap: smallest angle "
+      "between class centres; degrees)")
 if QUICK:
     print("(quick mode trains for a few dozen steps: these numbers only show that the code runs)")
 print(f"done in {time.perf_counter() - started:.1f} s")

@@ -32,7 +32,6 @@ os.makedirs(OUT, exist_ok=True)
 import math
 
 import numpy as np
-from matplotlib.figure import Figure
 
 import checks
 from amnp import functional as F
