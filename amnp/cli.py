@@ -37,12 +37,15 @@ class UsageError(Exception):
 
 def open_dataset(spec: str, seed: int, image_size=None, grayscale: bool = False):
     """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset (image_size and grayscale:
-    folder datasets only, TrainConfig.validate says so)."""
+    folder datasets only, TrainConfig.validate says so).  A folder is decoded once into the
+    dataset cache and trained on from there, so it need not fit in memory."""
     kind, path = parse_dataset_spec(spec)
     if kind == "glyphs":
         return data.load_glyphs(seed=seed, progress=sys.stderr.isatty())
     if kind == "folder":
-        return data.load_folder_dataset(path, seed=seed, image_size=image_size, grayscale=grayscale)
+        return data.load_folder_dataset(path, seed=seed, image_size=image_size, grayscale=grayscale,
+                                        cache_dir=data.default_cache_dir() / "folders",
+                                        progress=sys.stderr.isatty())
     return data.load_mnist_dataset(path, seed=seed)
 
 

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from . import checkpoint, figures, models
 from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
-from .data import make_gallery_probes, make_open_set_protocol
+from .data import DiskImages, make_gallery_probes, make_open_set_protocol
+from .data.prefetch import Prefetcher
 from .evaluation import evaluate_verification, roc_curve
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
@@ -169,9 +170,13 @@ class Trainer:
         self.step = 0
         # Checked once here, so that no step has to read labels back from the device.
         class_labels(dataset.train_labels, self.num_train, dataset.num_classes, "the training set")
-        # The training set moves to the device once, as uint8; each step only indexes it.
-        self.train_images = asarray(dataset.train_images)
+        # An in-memory training set moves to the device once, as uint8, and each step only
+        # indexes it; one kept on disk (a decoded folder) is read a batch at a time, ahead of
+        # the step that needs it (self._prefetcher, while train runs), and each batch moves.
+        self.streams = isinstance(dataset.train_images, DiskImages)
+        self.train_images = dataset.train_images if self.streams else asarray(dataset.train_images)
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
+        self._prefetcher = None
         self._interrupted = False
 
     # ------------------------------------------------------------------ batches
@@ -182,13 +187,22 @@ class Trainer:
         return order[position * b:(position + 1) * b]
 
     def batch(self, step: int):
-        xp = get_array_module(self.train_images)
+        xp = get_array_module(self.train_labels)
         index = xp.asarray(self.batch_indices(step))
+        if self.streams:
+            images = xp.asarray(self._prefetcher.get(step) if self._prefetcher
+                                else self.read_batch(step))
+        else:
+            images = self.train_images[index]
         mirror = None
         if self.dataset.mirror:
             flips = np.random.default_rng([self.config.seed, 2, step]).random(len(index)) < 0.5
             mirror = xp.asarray(flips)
-        return preprocess(self.train_images[index], mirror), self.train_labels[index]
+        return preprocess(images, mirror), self.train_labels[index]
+
+    def read_batch(self, step: int) -> np.ndarray:
+        """The uint8 images of step ``step``, read from disk (a training set kept there)."""
+        return self.train_images[self.batch_indices(step)]
 
     # ------------------------------------------------------------------ files
     def path(self, name: str) -> str:
@@ -249,6 +263,8 @@ class Trainer:
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = []
         window_start = time.perf_counter()
+        if self.streams:
+            self._prefetcher = Prefetcher(self.read_batch, end)
         try:
             while self.step < end and not self._interrupted:
                 window.append(self.train_step(self.step))
@@ -272,6 +288,9 @@ class Trainer:
             self._read_window(window)
             self.save_checkpoint()
         finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
             bar.close()
             restore_interrupt_handler()
         if self._interrupted:

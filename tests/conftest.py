@@ -32,3 +32,13 @@ def cupy_module():
     if not available:
         pytest.skip(f"GPU test skipped: {reason}")
     return _import_cupy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory):
+    """Datasets the tests generate or decode (folders trained on from the command line) go to
+    a temporary cache, never into the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("amnp-cache")
+        patch.setenv("AMNP_CACHE_DIR", str(path))
+        yield path

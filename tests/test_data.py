@@ -347,7 +347,7 @@ def test_load_image_folder(face_tree):
 
 def test_load_image_folder_sizes_must_match(face_tree):
     write_image(face_tree / "alice" / "big.png", size=(10, 12))
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ValueError, match="image_size"):
         load_image_folder(face_tree)
     with pytest.warns(UserWarning):
         folder = load_image_folder(face_tree, image_size=(8, 8))

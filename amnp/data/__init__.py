@@ -17,6 +17,7 @@ from .dataset import (
     make_open_set_protocol,
     make_pairs_protocol,
 )
+from .on_disk import DiskImages
 from .folder import (
     ImageFolder,
     LFWPairs,
@@ -32,7 +33,7 @@ from .mnist import FASHION_MNIST_CLASSES, load_mnist_dataset, read_idx
 __all__ = [
     "VerificationDataset", "default_cache_dir", "make_gallery_probes", "make_open_set_protocol",
     "make_pairs_protocol",
-    "ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder", "load_lfw_pairs",
+    "DiskImages", "ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder", "load_lfw_pairs",
     "read_image", "resize_bilinear",
     "GlyphIdentities", "glyph_faces", "glyph_identities", "load_glyphs",
     "FASHION_MNIST_CLASSES", "load_mnist_dataset", "read_idx",

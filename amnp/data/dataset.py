@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .on_disk import DiskImages
+
 __all__ = [
     "VerificationDataset",
     "default_cache_dir",
@@ -57,9 +59,9 @@ def _as_int64(name: str, values, ndim: int) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _check_images(name: str, images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
+def _check_images(name: str, images) -> None:
+    if not isinstance(images, (np.ndarray, DiskImages)):
+        raise ValueError(f"{name} must be a numpy array or DiskImages, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise ValueError(f"{name} must have dtype uint8 (pixel values 0..255), got {images.dtype}")
     if images.ndim != 4:
@@ -81,11 +83,12 @@ class VerificationDataset:
     ----------
     name : str
         Short name ("glyphs", "folder", "mnist").
-    train_images : uint8 array, shape (N, C, H, W)
-        Training images, pixel values 0..255.
+    train_images : uint8 array or DiskImages, shape (N, C, H, W)
+        Training images, pixel values 0..255; a `DiskImages` (a folder decoded
+        into a cache) stays on disk and is read a batch at a time.
     train_labels : int64 array, shape (N,)
         Training class of each image, ``0 .. num_classes - 1``.
-    test_images : uint8 array, shape (M, C, H, W)
+    test_images : uint8 array or DiskImages, shape (M, C, H, W)
         Images of the held-out identities (never seen in training).
     test_labels : int64 array, shape (M,)
         Identity of each held-out image, numbered ``0 ..`` on their own.

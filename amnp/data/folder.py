@@ -13,19 +13,26 @@ Images are read with Pillow (installed with matplotlib).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .dataset import VerificationDataset, make_gallery_probes, make_pairs_protocol
+from .on_disk import DiskImages, DiskImageWriter, cache_directory, open_decoded
 
 __all__ = ["ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder",
            "load_lfw_pairs", "read_image", "resize_bilinear"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+DECODE_CHUNK = 256  # files handed to the decoding threads at a time: bounds the images in flight
 
 
 class ImageFolder(NamedTuple):
@@ -114,20 +121,65 @@ def read_image(path, grayscale: bool = False, image_size=None) -> np.ndarray:
     return pixels
 
 
+def _size_mismatch(where, first_path, first_shape, path, shape) -> ValueError:
+    return ValueError(
+        f"images under {where} have different sizes ({first_shape[1]}x{first_shape[2]} in "
+        f"{first_path}, {shape[1]}x{shape[2]} in {path}); "
+        "resize them with image_size=(H, W) (amnp: --image-size H,W)")
+
+
 def _stack(images: list[np.ndarray], paths: list[str], where) -> np.ndarray:
     """Stack (C, H, W) images into (N, C, H, W); they must have the same size."""
-    shapes = {img.shape[1:] for img in images}
-    if len(shapes) > 1:
-        first = images[0].shape[1:]
-        other = next(i for i, img in enumerate(images) if img.shape[1:] != first)
-        raise ValueError(
-            f"images under {where} have different sizes ({first[0]}x{first[1]} in {paths[0]}, "
-            f"{images[other].shape[1]}x{images[other].shape[2]} in {paths[other]}); "
-            "resize them with image_size=(H, W) (amnp: --image-size H,W)")
+    first = images[0].shape
+    for image, path in zip(images, paths):
+        if image.shape != first:
+            raise _size_mismatch(where, paths[0], first, path, image.shape)
     return np.stack(images)
 
 
-def load_image_folder(root, image_size=None, grayscale: bool = False) -> ImageFolder:
+def _image_files(root: Path) -> list:
+    """(identity, path) of every image file of ``root``, in sorted order."""
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a directory")
+    identity_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(d.name, f) for d in identity_dirs for f in sorted(d.iterdir())
+             if f.is_file() and not f.name.startswith(".")
+             and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise ValueError(
+            f"no images found under {root}: expected root/<identity>/<image>.png or .jpg")
+    return files
+
+
+def _decoded(files, grayscale, image_size, progress, where):
+    """Decode ``files`` in order, a few at a time on a thread pool (Pillow releases the GIL
+    while decoding); yields each image, or None for a file that cannot be decoded."""
+    def read(path):
+        try:
+            return read_image(path, grayscale, image_size)
+        except (OSError, ValueError, SyntaxError):
+            return None
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, \
+            tqdm(total=len(files), desc=f"decoding {where}", unit="img", disable=not progress,
+                 leave=False) as bar:
+        for start in range(0, len(files), DECODE_CHUNK):
+            chunk = [path for _, path in files[start:start + DECODE_CHUNK]]
+            yield from pool.map(read, chunk)
+            bar.update(len(chunk))
+
+
+def _fingerprint(files, root: Path, settings: str) -> str:
+    """A digest of every file's path, size and modification time, and the decoding settings."""
+    digest = hashlib.sha256(settings.encode())
+    for _, path in files:
+        status = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def load_image_folder(root, image_size=None, grayscale: bool = False, cache_dir=None,
+                      progress: bool = False) -> ImageFolder:
     """Read an identity-per-directory image tree.
 
     Identities are the sub-directories of ``root`` in sorted order, images the
@@ -144,50 +196,78 @@ def load_image_folder(root, image_size=None, grayscale: bool = False) -> ImageFo
         must already have the same size.
     grayscale : bool
         Read as 1 channel instead of RGB (3 channels).
+    cache_dir : path, optional
+        Decode the folder once into a cache under this directory and return
+        its images as `DiskImages`, read from disk a batch at a time (see
+        amnp.data.on_disk); later calls reuse the cache while the folder's
+        files are unchanged.  Without it the images are decoded into memory.
+    progress : bool
+        Show a progress bar while decoding.
 
     Returns
     -------
     ImageFolder(images uint8 (N, C, H, W), labels int64 (N,), class_names,
-    paths, skipped)
+    paths, skipped); ``images`` is a `DiskImages` with ``cache_dir``.
 
     Raises
     ------
     ValueError
         ``root`` missing or not a directory, no image files, none readable,
-        or images of different sizes without ``image_size``.
+        images of different sizes without ``image_size``, or a cache directory
+        that cannot be written.
     """
     root = Path(root).expanduser()
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
-    if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a directory")
-    identity_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(d.name, f) for d in identity_dirs for f in sorted(d.iterdir())
-             if f.is_file() and not f.name.startswith(".")
-             and f.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
-        raise ValueError(
-            f"no images found under {root}: expected root/<identity>/<image>.png or .jpg")
-
-    images, names, paths, unreadable = [], [], [], []
-    for name, path in files:
-        try:
-            images.append(read_image(path, grayscale, image_size))
-        except (OSError, ValueError, SyntaxError):
-            unreadable.append(str(path))
-            continue
-        names.append(name)
-        paths.append(str(path))
-    if not images:
+    files = _image_files(root)
+    if cache_dir is None:
+        images, kept = _decode_into(files, root, grayscale, image_size, progress, sink=None)
+    else:
+        images, kept = _open_or_decode(files, root, grayscale, image_size, progress, cache_dir)
+    if kept.size == 0:
         raise ValueError(f"none of the {len(files)} image files under {root} could be read")
-    if unreadable:
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s) under {root}, "
-                      f"e.g. {unreadable[0]}", stacklevel=2)
-
+    unreadable = np.setdiff1d(np.arange(len(files)), kept)
+    if unreadable.size:
+        warnings.warn(f"skipped {unreadable.size} unreadable image file(s) under {root}, "
+                      f"e.g. {files[unreadable[0]][1]}", stacklevel=2)
+    names = [files[i][0] for i in kept]
+    paths = [str(files[i][1]) for i in kept]
     class_names = sorted(set(names))
     labels = np.searchsorted(class_names, names).astype(np.int64)
-    return ImageFolder(_stack(images, paths, root), labels, class_names, paths,
-                       len(unreadable))
+    return ImageFolder(images, labels, class_names, paths, int(unreadable.size))
+
+
+def _open_or_decode(files, root, grayscale, image_size, progress, cache_dir):
+    """The folder's cache under ``cache_dir``, decoded first if it is missing or stale.
+    Returns (DiskImages or None when no file could be read, positions in ``files`` kept)."""
+    settings = f"size={image_size} grayscale={bool(grayscale)}"
+    directory = cache_directory(cache_dir, str(root.resolve()), settings)
+    fingerprint = _fingerprint(files, root, settings)
+    cached = open_decoded(directory, fingerprint)
+    if cached is not None:
+        images, index = cached
+        return images, index["kept"]
+    with DiskImageWriter(directory, fingerprint) as writer:
+        _, kept = _decode_into(files, root, grayscale, image_size, progress, writer)
+        return (writer.commit(kept=kept) if kept.size else None), kept
+
+
+def _decode_into(files, root, grayscale, image_size, progress, sink):
+    """Decode every file, appending each readable image to ``sink`` (a DiskImageWriter) or,
+    without one, stacking them in memory.  Returns (stacked images or None, int64 array of
+    the positions in ``files`` that could be read)."""
+    kept, in_memory, first = [], [], None
+    for position, image in enumerate(_decoded(files, grayscale, image_size, progress, root)):
+        if image is None:
+            continue
+        if first is None:
+            first = (files[position][1], image.shape)
+        elif image.shape != first[1]:
+            raise _size_mismatch(root, *first, files[position][1], image.shape)
+        (in_memory.append if sink is None else sink.append)(image)
+        kept.append(position)
+    stacked = np.stack(in_memory) if in_memory else None
+    return stacked, np.array(kept, dtype=np.int64)
 
 
 def _parse_pairs_txt(pairs_txt: Path):
@@ -315,7 +395,8 @@ def load_lfw_pairs(pairs_txt, root, image_size=None, grayscale: bool = False) ->
 
 def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, image_size=None,
                         grayscale: bool = False, pairs_txt=None, lfw_root=None,
-                        folds: int = 10, pairs_per_fold: int = 300) -> VerificationDataset:
+                        folds: int = 10, pairs_per_fold: int = 300, cache_dir=None,
+                        progress: bool = False) -> VerificationDataset:
     """A face-verification dataset from an image folder (name "folder", mirror=True).
 
     Without ``pairs_txt``: the identities are split at random (seeded) into
@@ -344,6 +425,13 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
     grayscale : bool
     pairs_txt, lfw_root : path, optional
     folds, pairs_per_fold : int
+    cache_dir : path, optional
+        Decode ``root`` once into a cache under this directory and leave its
+        images there (`DiskImages`, read a batch at a time; see
+        `load_image_folder`), so that a folder larger than memory can be
+        trained on.  LFW's pairs.txt images are always read into memory.
+    progress : bool
+        Show a progress bar while decoding.
 
     Returns
     -------
@@ -355,7 +443,8 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
         Bad paths (see `load_image_folder`), fewer than two identities with
         two images to hold out, or fewer than two identities left for training.
     """
-    folder = load_image_folder(root, image_size=image_size, grayscale=grayscale)
+    folder = load_image_folder(root, image_size=image_size, grayscale=grayscale,
+                               cache_dir=cache_dir, progress=progress)
     rng = np.random.default_rng(seed)
     names = np.array(folder.class_names)
 
@@ -389,7 +478,7 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
         test_ids = np.sort(rng.choice(eligible, size=n_test, replace=False))
         train_ids = np.setdiff1d(np.arange(len(names)), test_ids)
         is_test = np.isin(folder.labels, test_ids)
-        test_images = folder.images[is_test]
+        test_images = _rows(folder.images, is_test)
         test_labels = np.searchsorted(test_ids, folder.labels[is_test]).astype(np.int64)
         pairs, pair_same, pair_fold = make_pairs_protocol(test_labels, rng, folds, pairs_per_fold)
         test_names = names[test_ids].tolist()
@@ -397,8 +486,13 @@ def load_folder_dataset(root, holdout_fraction: float = 0.1, seed: int = 0, imag
     is_train = np.isin(folder.labels, train_ids)
     gallery, probes = make_gallery_probes(test_labels, rng)
     return VerificationDataset(
-        name="folder", train_images=folder.images[is_train],
+        name="folder", train_images=_rows(folder.images, is_train),
         train_labels=np.searchsorted(train_ids, folder.labels[is_train]).astype(np.int64),
         test_images=test_images, test_labels=test_labels, pairs=pairs, pair_same=pair_same,
         pair_fold=pair_fold, gallery=gallery, probes=probes, mirror=True,
         class_names=names[train_ids].tolist(), test_class_names=test_names)
+
+
+def _rows(images, mask):
+    """The images ``mask`` selects; those of a `DiskImages` stay on disk."""
+    return images.subset(mask) if isinstance(images, DiskImages) else images[mask]

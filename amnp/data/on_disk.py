@@ -1,0 +1,166 @@
+"""Images decoded once into a file on disk, and read back a batch at a time.
+
+A face folder the size of CASIA-WebFace (494k images of 3x112x96) is 16 GB as uint8:
+more than a machine's memory should have to hold just to feed a network that looks
+at 256 images per step.  So a folder is decoded once into one flat uint8 file,
+``images.u8``, laid out exactly like an (N, C, H, W) array, next to an ``index.npz``
+that says what it holds.  `DiskImages` then behaves like that array for what a
+trainer asks of it (its shape, and the rows of a batch), reading only the rows asked
+for: each read maps the file, copies the rows out and unmaps it again, so the
+process keeps nothing of the file but the batch (the pages it read stay in the
+operating system's page cache, which gives them back when memory is short).
+
+The cache is written into a temporary directory and renamed into place when
+complete, so an interrupted decode never leaves a cache that looks finished, and
+it records a fingerprint of the folder (every file's path, size and modification
+time, the image size and the colour mode): when the folder changes, the cache is
+decoded again instead of being silently reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DiskImages", "DiskImageWriter", "open_decoded", "cache_directory"]
+
+FORMAT_VERSION = 1
+IMAGES_FILE, INDEX_FILE = "images.u8", "index.npz"
+
+
+class DiskImages:
+    """uint8 images of shape (N, C, H, W) kept in a file, read only when indexed.
+
+    ``images[key]`` with an integer, a slice, an integer array or a boolean mask
+    returns the selected images as an in-memory NumPy array, like indexing an
+    array would; `subset` selects rows without reading them.  ``np.asarray(images)``
+    reads them all.
+    """
+
+    ndim, dtype = 4, np.dtype(np.uint8)
+
+    def __init__(self, path, shape, rows=None):
+        self.path = str(path)
+        self.file_shape = tuple(int(d) for d in shape)
+        self.rows = np.arange(self.file_shape[0]) if rows is None else np.asarray(rows, np.int64)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.rows),) + self.file_shape[1:]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows = self.rows[key]
+        if rows.ndim == 0:
+            return self._read(rows[None])[0]
+        return self._read(rows)
+
+    def subset(self, key) -> "DiskImages":
+        """The rows ``key`` selects (as ``images[key]`` would), still on disk."""
+        return DiskImages(self.path, self.file_shape, np.atleast_1d(self.rows[key]))
+
+    def __array__(self, dtype=None, copy=None):
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self.file_shape[1:], dtype=np.uint8)
+        if len(rows):
+            # Read in file order (a cold disk reads ahead), put back in the order asked for.
+            order = np.argsort(rows, kind="stable")
+            mapped = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.file_shape)
+            out[order] = mapped[rows[order]]
+            del mapped  # unmapped here: the process keeps the batch, not the file's pages
+        return out
+
+    def __repr__(self) -> str:
+        return f"DiskImages({self.path!r}, shape={self.shape})"
+
+
+def cache_directory(cache_root, source: str, settings: str) -> Path:
+    """Where the decoded cache of ``source`` read with ``settings`` lives under ``cache_root``."""
+    key = hashlib.sha256(f"{source}\0{settings}".encode()).hexdigest()[:16]
+    return Path(cache_root).expanduser() / f"{Path(source).name or 'root'}-{key}"
+
+
+def open_decoded(directory: Path, fingerprint: str):
+    """The cache in ``directory`` as (DiskImages, index dict), or None when there is none, it
+    was decoded from a different folder state (``fingerprint``), or it cannot be read."""
+    if not (directory / INDEX_FILE).exists():
+        return None
+    try:
+        with np.load(directory / INDEX_FILE, allow_pickle=False) as stored:
+            index = {key: stored[key] for key in stored.files}
+        shape = tuple(int(d) for d in index["shape"])
+        if int(index["format_version"]) != FORMAT_VERSION or str(index["fingerprint"]) != fingerprint:
+            return None
+        size = os.path.getsize(directory / IMAGES_FILE)
+        if size != int(np.prod(shape)):
+            raise ValueError(f"{IMAGES_FILE} holds {size} bytes, the index says {shape}")
+    except Exception as error:  # noqa: BLE001 - any unreadable cache is decoded again
+        warnings.warn(f"the decoded-image cache {directory} is unreadable ({error}); "
+                      "decoding the folder again", stacklevel=3)
+        return None
+    return DiskImages(directory / IMAGES_FILE, shape), index
+
+
+class DiskImageWriter:
+    """Writes images of one shape, one at a time, into a new cache directory.
+
+    Used as a context manager: ``commit(**index)`` renames the finished cache into
+    ``directory``; leaving the block without committing (an error, Ctrl-C) deletes what
+    was written, so a cache that exists is always complete.
+    """
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.directory, self.fingerprint = Path(directory), fingerprint
+        self.image_shape, self.count = None, 0
+
+    def __enter__(self):
+        parent = self.directory.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.temporary = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}-", dir=parent))
+        except OSError as error:
+            raise ValueError(f"cannot write the decoded-image cache under {parent} ({error}); "
+                             "set AMNP_CACHE_DIR to a writable directory") from None
+        self.file = open(self.temporary / IMAGES_FILE, "wb")
+        return self
+
+    def append(self, image: np.ndarray) -> None:
+        """Add one uint8 (C, H, W) image; every image must have the shape of the first."""
+        if self.image_shape is None:
+            self.image_shape = image.shape
+        if image.shape != self.image_shape or image.dtype != np.uint8:
+            raise ValueError(f"DiskImageWriter: expected uint8 {self.image_shape}, "
+                             f"got {image.dtype} {image.shape}")
+        self.file.write(np.ascontiguousarray(image).tobytes())
+        self.count += 1
+
+    def commit(self, **index) -> DiskImages:
+        """Finish the cache, with ``index`` (arrays) stored beside the images; returns them."""
+        self.file.close()
+        shape = (self.count,) + tuple(self.image_shape)
+        np.savez(self.temporary / INDEX_FILE, format_version=FORMAT_VERSION,
+                 fingerprint=self.fingerprint, shape=np.array(shape), **index)
+        if self.directory.exists():  # a stale cache of an older state of the folder
+            shutil.rmtree(self.directory)
+        os.replace(self.temporary, self.directory)
+        return DiskImages(self.directory / IMAGES_FILE, shape)
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+        if self.temporary.exists():  # not committed
+            shutil.rmtree(self.temporary, ignore_errors=True)
+        return False

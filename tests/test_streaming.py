@@ -1,0 +1,208 @@
+"""Folders decoded once onto disk (amnp.data.on_disk), read back a batch at a time, and the
+prefetching trainer that feeds on them: the same batches, bit for bit, as from memory."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from amnp import cli
+from amnp.data import DiskImages, load_folder_dataset, load_image_folder
+from amnp.data import folder as folder_module
+from amnp.data.on_disk import DiskImageWriter
+from amnp.data.prefetch import Prefetcher
+from amnp.training import TrainConfig, Trainer
+
+from .host_guard import guard, guard_parameters, transfers
+from .test_data import face_tree, write_image  # noqa: F401 - face_tree is a fixture
+from .test_training import tiny_dataset
+
+
+def write_disk_images(images, directory):
+    with DiskImageWriter(directory, fingerprint="test") as writer:
+        for image in images:
+            writer.append(image)
+        return writer.commit()
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, (7, 2, 3, 4), dtype=np.uint8)
+
+
+def test_disk_images_index_like_the_array(images, tmp_path):
+    disk = write_disk_images(images, tmp_path / "cache")
+    assert disk.shape == images.shape and disk.dtype == np.uint8 and disk.ndim == 4
+    assert len(disk) == 7 and disk.nbytes == images.nbytes
+    mask = np.array([True, False, True, True, False, False, True])
+    for key in (3, -1, slice(1, 6, 2), slice(None), np.array([5, 0, 5, 2]), mask, np.array([], int)):
+        np.testing.assert_array_equal(disk[key], images[key])
+        assert type(disk[key]) is np.ndarray
+    subset = disk.subset(mask)
+    assert isinstance(subset, DiskImages) and subset.shape == (4, 2, 3, 4)
+    np.testing.assert_array_equal(subset[np.array([3, 1])], images[mask][[3, 1]])
+    np.testing.assert_array_equal(np.asarray(subset.subset(slice(1, None))), images[mask][1:])
+
+
+def test_the_writer_refuses_a_second_shape_and_leaves_nothing_behind(images, tmp_path):
+    with pytest.raises(ValueError, match=r"expected uint8 \(2, 3, 4\)"):
+        with DiskImageWriter(tmp_path / "cache", "test") as writer:
+            writer.append(images[0])
+            writer.append(images[0, :, :2])
+    assert os.listdir(tmp_path) == [], "an unfinished cache is deleted"
+
+
+def test_a_folder_decoded_to_disk_equals_the_folder_in_memory(face_tree, tmp_path):  # noqa: F811
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        memory = load_image_folder(face_tree, image_size=(6, 5))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        disk = load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
+    assert isinstance(disk.images, DiskImages)
+    np.testing.assert_array_equal(np.asarray(disk.images), memory.images)
+    assert (disk.labels.tolist(), disk.class_names, disk.paths, disk.skipped) == \
+        (memory.labels.tolist(), memory.class_names, memory.paths, memory.skipped)
+
+
+def test_the_cache_is_reused_and_decoded_again_when_the_folder_changes(face_tree, tmp_path, monkeypatch):  # noqa: F811
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning):
+        first = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    decoded = []
+    real_read = folder_module.read_image
+    monkeypatch.setattr(folder_module, "read_image", lambda *a: decoded.append(a[0]) or real_read(*a))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        again = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    assert decoded == [] and again.images.path == first.images.path
+
+    with pytest.warns(UserWarning):
+        other_size = load_image_folder(face_tree, image_size=(4, 4), cache_dir=cache)
+    assert other_size.images.shape == (8, 3, 4, 4) and len(os.listdir(cache)) == 2
+
+    write_image(face_tree / "dave" / "d2.png", seed=5)
+    decoded.clear()
+    with pytest.warns(UserWarning):
+        changed = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    assert len(decoded) == 10 and changed.images.shape[0] == 9
+    assert changed.paths[-1].endswith("d2.png")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage index"])
+def test_a_damaged_cache_is_decoded_again(face_tree, tmp_path, damage):  # noqa: F811
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning):
+        first = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    directory = os.path.dirname(first.images.path)
+    if damage == "truncate":
+        with open(first.images.path, "r+b") as file:
+            file.truncate(100)
+    else:
+        with open(os.path.join(directory, "index.npz"), "wb") as file:
+            file.write(b"not a zip file")
+    with pytest.warns(UserWarning) as caught:
+        again = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    assert any("unreadable" in str(w.message) and "decoding the folder again" in str(w.message)
+               for w in caught)
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+
+
+def test_an_interrupted_decode_leaves_no_cache(face_tree, tmp_path, monkeypatch):  # noqa: F811
+    calls = []
+
+    def interrupted(path, *args):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return np.zeros((3, 6, 5), np.uint8)
+
+    monkeypatch.setattr(folder_module, "read_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_decoding_errors_are_those_of_the_in_memory_reader(face_tree, tmp_path):  # noqa: F811
+    write_image(face_tree / "alice" / "big.png", size=(10, 12))
+    with pytest.raises(ValueError, match="image_size"):
+        load_image_folder(face_tree, cache_dir=tmp_path / "cache")
+    assert os.listdir(tmp_path / "cache") == []
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache directory would go")
+    with pytest.raises(ValueError, match="cannot write the decoded-image cache.*AMNP_CACHE_DIR"):
+        load_image_folder(face_tree, image_size=(6, 5), cache_dir=blocked)
+
+
+def test_prefetcher_returns_what_reading_in_place_returns():
+    reads = []
+
+    def read(step):
+        reads.append(step)
+        return step * 10
+
+    with Prefetcher(read, end=6, depth=2) as prefetcher:
+        assert [prefetcher.get(step) for step in (0, 1, 4, 5)] == [0, 10, 40, 50]
+    assert max(reads) == 5, "never reads at or beyond the end"
+    assert set(reads) >= {0, 1, 2, 3, 4, 5}
+
+
+def test_prefetcher_passes_on_a_failed_read():
+    def read(step):
+        raise OSError(f"disk gone at step {step}")
+
+    with Prefetcher(read, end=3) as prefetcher, pytest.raises(OSError, match="step 0"):
+        prefetcher.get(0)
+
+
+def on_disk(dataset, tmp_path):
+    return dataclasses.replace(
+        dataset, train_images=write_disk_images(dataset.train_images, tmp_path / "cache"))
+
+
+def trained_parameters(dataset, out, **settings):
+    config = TrainConfig(iters=10, batch_size=8, warmup=2, log_every=3, checkpoint_every=4, **settings)
+    trainer = Trainer(config, dataset, str(out), progress=False)
+    trainer.start()
+    assert trainer.train(stop_at=5) == "stopped"
+    resumed = Trainer(config, dataset, str(out), progress=False)
+    resumed.resume()
+    assert resumed.train() == "finished"
+    return trainer.streams, resumed.model.net.state_dict()
+
+
+def test_training_from_disk_is_bit_identical_to_training_from_memory(tmp_path):
+    memory = tiny_dataset(mirror=True)
+    streams, expected = trained_parameters(memory, tmp_path / "memory")
+    assert not streams
+    streams, found = trained_parameters(on_disk(memory, tmp_path), tmp_path / "disk")
+    assert streams
+    for name, value in expected.items():
+        assert np.array_equal(found[name], value), name
+
+
+def test_training_from_disk_downloads_nothing_per_step(tmp_path):
+    config = TrainConfig(iters=6, batch_size=8, warmup=2, log_every=2, checkpoint_every=1000)
+    trainer = Trainer(config, on_disk(tiny_dataset(mirror=True), tmp_path), str(tmp_path),
+                      progress=False)
+    guard_parameters(trainer.model)
+    trainer.train_labels = guard(trainer.train_labels)
+    trainer.start()
+    with transfers() as count:
+        assert trainer.train() == "finished"
+    with transfers() as checkpoint_count:
+        trainer.save_checkpoint()
+    assert count.downloads == 3 + checkpoint_count.downloads, "one read per log window"
+
+
+def test_the_cli_trains_a_folder_from_the_dataset_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMNP_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "faces"
+    for i in range(8):
+        (root / f"p{i}").mkdir(parents=True)
+        for k in range(4):
+            write_image(root / f"p{i}" / f"{k}.png", size=(12, 12), seed=10 * i + k)
+    args = ["train", "--dataset", f"folder:{root}", "--iters", "2", "--batch-size", "8",
+            "--model", "sphereface4"]
+    assert cli.main(args + ["--out", str(tmp_path / "run")]) == 0
+    (cached,) = os.listdir(tmp_path / "cache" / "folders")
+    assert cached.startswith("faces-")
+    assert os.path.getsize(tmp_path / "cache" / "folders" / cached / "images.u8") == 32 * 3 * 12 * 12
+    assert cli.main(["eval", str(tmp_path / "run")]) == 0
