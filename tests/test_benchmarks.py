@@ -1,5 +1,6 @@
 """The benchmark scripts still run against the library (they are not timed here: speed is
 measured by running them, never by tests)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,14 @@ def test_benchmark_runs_at_toy_size(script, arguments):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "training step" in done.stdout or "step" in done.stdout
+
+
+def test_streaming_benchmark_runs_at_toy_size(tmp_path):
+    folder = tmp_path / "faces"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "streaming.py"), "--folder", str(folder), "--identities", "8",
+         "--per-identity", "4", "--steps", "2", "--batch-size", "8", "--in-memory"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "AMNP_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "32 images under" in done.stdout
+    assert [line.split()[0] for line in done.stdout.splitlines()[3:6]] == ["decode", "train", "in"]

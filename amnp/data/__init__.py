@@ -7,7 +7,9 @@ same / different pairs) and a gallery/probe split.
 * `load_glyphs` -- the embedded default: characters drawn in 16 of
   matplotlib's font faces under random capture variation (no download);
 * `load_folder_dataset` -- real faces from ``root/<identity>/<image>``,
-  optionally with LFW's pairs.txt;
+  optionally with LFW's pairs.txt; with ``cache_dir`` the folder is decoded
+  once onto disk and its images stay there (`DiskImages`, amnp.data.on_disk),
+  read a batch at a time, so a folder larger than memory can be trained on;
 * `load_mnist_dataset` -- MNIST / Fashion-MNIST IDX files, digits as identities.
 """
 from .dataset import (
