@@ -263,7 +263,8 @@ def amnp_breakdown(model, batch_size, classes, repeats):
             backward = lambda: dout + dbranch  # the two paths' gradients summed
         else:
             out = layer.forward(inputs[0])
-            dout = rng.standard_normal(out.shape, dtype=np.float32)
+            dout = amnp.backend.xp().empty_like(out)  # in the output's memory layout, as in a step
+            dout[...] = amnp.asarray(rng.standard_normal(out.shape, dtype=np.float32))
             forward = lambda: layer.forward(inputs[0])
             backward = lambda: layer.backward(dout)
         rows.append((label, median_call(forward, repeats), median_call(backward, repeats)))

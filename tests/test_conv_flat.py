@@ -97,17 +97,3 @@ def test_flat_conv2d_keeps_float32():
     out, cache = F.flat_conv2d_forward(x, w, np.zeros(4, np.float32), 1, 1)
     grads = F.flat_conv2d_backward(np.ones_like(out), cache)
     assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
-
-
-@pytest.mark.parametrize("stride, cache_type", [(1, "FlatConv2dCache"), (2, "Conv2dCache")])
-def test_conv2d_layer_takes_the_flat_path_at_stride_1_only(stride, cache_type):
-    """The layer's choice changes the cache it keeps, never the numbers."""
-    from amnp import layers as L
-
-    rng = np.random.default_rng(2)
-    layer = L.Conv2d(2, 3, 3, stride=stride, padding=1, dtype=np.float64, rng=rng)
-    x = rng.standard_normal((2, 2, 6, 5))
-    out = layer.forward(x)
-    assert type(layer._cache).__name__ == cache_type
-    expected, _ = F.conv2d_forward(x, layer.params["weight"], layer.params["bias"], stride, 1)
-    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
