@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from amnp import functional as F
+from amnp.functional.conv_channels_last import samples_per_chunk
 
 RTOL, ATOL = 1e-12, 1e-12
 
@@ -98,3 +99,20 @@ def test_conv2d_layer_takes_the_channels_last_path_from_8_channels(channels, str
     assert type(layer._cache).__name__ == cache_type
     expected, _ = F.conv2d_forward(x, layer.params["weight"], layer.params["bias"], stride, 1)
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_cpu_chunks_follow_the_byte_budget():
+    assert samples_per_chunk(np, 128, 1000, 100, 1, chunk_bytes=10_000) == 10
+    assert samples_per_chunk(np, 128, 1000, 100, 256, chunk_bytes=10_000) == 21  # 8·F rows
+    assert samples_per_chunk(np, 128, 10**9, 10**5, 1) == 1   # never less than one sample
+    assert samples_per_chunk(np, 4, 10, 10, 1) == 4           # never more than the batch
+
+
+def test_channels_last_conv2d_keeps_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    for stride in (1, 2):  # dx by the flipped kernels, and by the scatter-add
+        out, cache = F.channels_last_conv2d_forward(x, w, np.zeros(4, np.float32), stride, 1)
+        grads = F.channels_last_conv2d_backward(np.ones_like(out), cache)
+        assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
