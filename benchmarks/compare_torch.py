@@ -15,15 +15,19 @@ shared with other work it is steadier than the wall time.
 
 The PyTorch network is built from amnp's own layer list with amnp's initial weights,
 and the AM-Softmax head and the SGD update are written inline with the same formulas.
-With ``--breakdown`` each op of the step is timed alone instead, on the input it gets in
-the network: every layer's forward and backward, each residual sum, the head and the
-update, against the same op in PyTorch (forward recording autograd, backward as
-``torch.autograd.grad`` of that op), the median per call over ``--steps`` calls; layers of
-the same kind and shape are merged into one row.  Ops timed alone run with their data in
-cache, so the sum is a little below a whole step.
+With ``--breakdown`` the time of one training step is split op by op instead: every
+layer's forward and backward, each residual sum, the head and the update.  amnp's ops are
+timed inside whole steps (wrapping each layer's forward and backward), so they run with the
+caches and memory of a real step and add up to nearly all of it (the last line compares
+the sum with the whole step timed as one); PyTorch's backward ops are run by
+autograd, so each PyTorch op is timed alone, on the input it gets in the network (forward
+recording autograd, backward as ``torch.autograd.grad`` of that op), after two whole steps.
+Each figure is the median over ``--steps`` steps or calls; layers of the same kind and
+shape are merged into one row.  An op timed alone runs with its data in cache, so the
+PyTorch column is, if anything, a little fast.
 
-PyTorch is not an amnp dependency: without it (or with ``--amnp-only``), only amnp is timed.  Both sides get the
-same thread count (``--threads``, default: every core) through the usual environment
+PyTorch is not an amnp dependency: without it (or with ``--amnp-only``), only amnp is
+timed.  Both sides get the same thread count (``--threads``, default: every core) through the usual environment
 variables and ``torch.set_num_threads``.  The BLAS library NumPy uses is printed with
 threadpoolctl where that is installed, else asked from OpenBLAS directly.  Check the
 kernel: an ``OPENBLAS_CORETYPE`` in the environment overrides OpenBLAS's own choice.  On the
@@ -45,6 +49,7 @@ import time
 import numpy as np
 
 STEP_SEED = 0
+WARM_UP_STEPS = 2  # whole steps before an op is timed: memory and caches in a training run's state
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, MARGIN, SCALE = 0.01, 0.9, 5e-4, 0.35, 30.0
 
 
@@ -204,7 +209,7 @@ def describe(layer, shape):
     """A row label naming the op and the shape it runs on, the same on both sides."""
     from amnp import layers as L
 
-    if layer is None:
+    if isinstance(layer, L.Residual):
         return f"residual add {'x'.join(map(str, shape[1:]))}"
     if isinstance(layer, L.Conv2d):
         (kh, kw), stride = layer.kernel_size, layer.stride[0]
@@ -219,7 +224,7 @@ def describe(layer, shape):
 
 def network_ops(net, x, apply):
     """[(label, layer, prefix, inputs)] for every op of the network's forward pass, in order:
-    each leaf layer (inputs: (x,)) and each residual sum (layer None, inputs: (x, F(x))).
+    each leaf layer (inputs: (x,)) and each residual sum (the Residual, inputs: (x, F(x))).
     ``apply(layer, x, prefix)`` computes a leaf on this side's arrays."""
     from amnp import layers as L
 
@@ -232,7 +237,7 @@ def network_ops(net, x, apply):
                 out = walk(child, out, f"{prefix}{name}.")
             if not isinstance(layer, L.Residual):
                 return out
-            ops.append((describe(None, tuple(x.shape)), None, prefix, (x, out)))
+            ops.append((describe(layer, tuple(x.shape)), layer, prefix, (x, out)))
             return x + out
         ops.append((describe(layer, tuple(x.shape)), layer, prefix, (x,)))
         return apply(layer, x, prefix)
@@ -241,9 +246,12 @@ def network_ops(net, x, apply):
 
 
 def amnp_breakdown(model, batch_size, classes, repeats):
-    """[(label, forward s, backward s)] per op of one amnp training step, the head and the
-    SGD update last (its time in the forward column)."""
+    """([(label, forward s, backward s)] per op of amnp's training step, whole step s), timed inside whole
+    steps: the median over ``repeats`` steps (after WARM_UP_STEPS) of each layer's forward
+    and backward, each residual sum (the residual block's time less its layers'), the head,
+    and the SGD update (its time in the forward column)."""
     import amnp
+    from amnp import layers as L
     from amnp import models
     from amnp.heads import TrainingModel, build_head
     from amnp.optim import SGD
@@ -253,35 +261,55 @@ def amnp_breakdown(model, batch_size, classes, repeats):
     optimizer = SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
     x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
     x, y = amnp.asarray(x), amnp.asarray(y)
-    ops, embeddings = network_ops(net, x, lambda layer, x, prefix: layer.forward(x))
-    rng = np.random.default_rng(1)
-    rows = []
-    for label, layer, _, inputs in ops:
-        if layer is None:
-            forward = lambda: inputs[0] + inputs[1]
-            dout, dbranch = (rng.standard_normal(inputs[0].shape, dtype=np.float32) for _ in "ab")
-            backward = lambda: dout + dbranch  # the two paths' gradients summed
-        else:
-            out = layer.forward(inputs[0])
-            dout = amnp.backend.xp().empty_like(out)  # in the output's memory layout, as in a step
-            dout[...] = amnp.asarray(rng.standard_normal(out.shape, dtype=np.float32))
-            forward = lambda: layer.forward(inputs[0])
-            backward = lambda: layer.backward(dout)
-        rows.append((label, median_call(forward, repeats), median_call(backward, repeats)))
-    rows.append(("AM-Softmax head", median_call(lambda: head.forward(embeddings, y, check_values=False), repeats),
-                 median_call(head.backward, repeats)))
-    head.forward(net.forward(x), y, check_values=False)  # a whole step: every parameter
-    net.backward(head.backward())                        # has a gradient for the update
-    rows.append(("SGD update", median_call(lambda: optimizer.step(LEARNING_RATE), repeats), 0.0))
-    return rows
+    ops, _ = network_ops(net, x, lambda layer, x, prefix: layer.forward(x))
+    times = [([], []) for _ in ops]
+    inner = [0.0]  # seconds spent in timed ops so far: a residual block's own time excludes them
+
+    def timed(function, samples, own_time_only):
+        def call(*args):
+            before, start = inner[0], time.perf_counter()
+            result = function(*args)
+            elapsed = time.perf_counter() - start
+            if own_time_only:
+                elapsed -= inner[0] - before
+            inner[0] += elapsed
+            samples.append(elapsed)
+            return result
+        return call
+
+    for (_, layer, _, _), (forward_times, backward_times) in zip(ops, times):
+        residual = isinstance(layer, L.Residual)
+        layer.forward = timed(layer.forward, forward_times, residual)
+        layer.backward = timed(layer.backward, backward_times, residual)
+    head_times, update_times = ([], []), []
+    head_forward = timed(lambda embeddings: head.forward(embeddings, y, check_values=False),
+                         head_times[0], False)
+    head_backward = timed(head.backward, head_times[1], False)
+    update = timed(lambda: optimizer.step(LEARNING_RATE), update_times, False)
+    steps = []
+    for step in range(WARM_UP_STEPS + repeats):
+        if step == WARM_UP_STEPS:
+            for samples in [*(t for pair in times for t in pair), *head_times, update_times]:
+                samples.clear()
+        start = time.perf_counter()
+        head_forward(net.forward(x))
+        net.backward(head_backward())
+        update()
+        steps.append(time.perf_counter() - start)
+    rows = [(label, statistics.median(forward), statistics.median(backward))
+            for (label, *_), (forward, backward) in zip(ops, times)]
+    rows.append(("AM-Softmax head", statistics.median(head_times[0]), statistics.median(head_times[1])))
+    rows.append(("SGD update", statistics.median(update_times), 0.0))
+    return rows, statistics.median(steps[WARM_UP_STEPS:])
 
 
 def torch_breakdown(model, batch_size, classes, repeats):
-    """The same rows for the PyTorch ops: forward with autograd recording, as in training,
-    and backward as torch.autograd.grad of that op alone.  The first layer's input needs no
-    gradient, as in a training step."""
+    """The same rows and the whole step for PyTorch, its ops each timed alone: forward with
+    autograd recording, as in training, and backward as torch.autograd.grad of that op.
+    The first layer's input needs no gradient, as in a training step."""
     import torch
 
+    from amnp import layers as L
     from amnp import models
 
     torch_model = TorchModel(model, classes)
@@ -289,13 +317,16 @@ def torch_breakdown(model, batch_size, classes, repeats):
     x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     onehot = torch.nn.functional.one_hot(y, classes).float()
+    for _ in range(WARM_UP_STEPS):
+        torch_model.loss(torch_model.forward(torch_model.net, x), y, onehot).backward()
+        torch_model.update()
     with torch.no_grad():
         ops, embeddings = network_ops(torch_model.net, x, lambda layer, x, prefix: torch_leaf(layer, x, params, prefix))
     generator = torch.Generator().manual_seed(1)
     rows = []
     for position, (label, layer, prefix, inputs) in enumerate(ops):
         inputs = [t.detach().requires_grad_(position > 0) for t in inputs]
-        if layer is None:
+        if isinstance(layer, L.Residual):
             forward = lambda: inputs[0] + inputs[1]
             dout, dbranch = (torch.randn(inputs[0].shape, generator=generator) for _ in "ab")
             backward = lambda: dout + dbranch  # the two paths' gradients summed
@@ -314,7 +345,15 @@ def torch_breakdown(model, batch_size, classes, repeats):
     for p in params.values():
         p.grad = torch.zeros_like(p)
     rows.append(("SGD update", median_call(torch_model.update, repeats), 0.0))
-    return rows
+
+    def step():
+        loss = torch_model.loss(torch_model.forward(torch_model.net, x), y, onehot)
+        for p in params.values():
+            p.grad = None
+        loss.backward()
+        torch_model.update()
+
+    return rows, median_call(step, repeats)
 
 
 def timings(step, embed, steps):
@@ -377,7 +416,8 @@ def worker(args):
             import torch
 
             torch.set_num_threads(args.threads)
-        result = {"rows": breakdown(args.model, args.batch_size, args.classes, args.steps)}
+        rows, step = breakdown(args.model, args.batch_size, args.classes, args.steps)
+        result = {"rows": rows, "step": step}
     else:
         result = run_amnp(args) if args.worker == "amnp" else run_torch(args)
     result["peak_rss_mib"] = peak_rss_mib()
@@ -451,6 +491,11 @@ def print_breakdown(results):
             line += f"{torch_sum:>9.1f}{amnp_sum / torch_sum:>6.1f}x"
         line += "|"
     print(line + f" {step:>6.1f}")
+    measured = {side: statistics.median(r["step"] for r in results[side]) * 1000 for side in sides}
+    line = f"{'whole step, timed as one':<37} |" + f"{measured['amnp']:>9.1f}"
+    if with_torch:
+        line += f"{measured['torch']:>9.1f}{measured['amnp'] / measured['torch']:>6.1f}x"
+    print(line + f" (the ops above: {100 * step / measured['amnp']:.0f}% of amnp's)")
 
 
 def main():
