@@ -99,6 +99,15 @@ class _Namespace(types.ModuleType):
 namespace = _Namespace("host_guard_numpy")
 
 
+def _as_strided(x, shape=None, strides=None):
+    """A strided view of the guarded array's memory, as cupy.lib.stride_tricks.as_strided."""
+    return _wrap(np.lib.stride_tricks.as_strided(_unwrap(x), shape, strides))
+
+
+# the one NumPy submodule function amnp calls (the channels-last convolution's window view)
+namespace.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=_as_strided))
+
+
 class GuardedArray(NDArrayOperatorsMixin):
     """A NumPy array standing in for a device array: arithmetic, indexing and methods work
     and return guarded arrays; implicit conversions to host values raise HostTransfer."""

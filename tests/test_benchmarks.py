@@ -1,5 +1,6 @@
 """The benchmark scripts still run against the library (they are not timed here: speed is
 measured by running them, never by tests)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, arguments", [
     ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
                           "--steps", "1"]),
+    ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
+                          "--steps", "1", "--breakdown"]),
+    ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
+                          "--steps", "1", "--breakdown", "--amnp-only"]),
     ("speed.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--steps", "1"]),
 ])
 def test_benchmark_runs_at_toy_size(script, arguments):
@@ -20,6 +25,10 @@ def test_benchmark_runs_at_toy_size(script, arguments):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "training step" in done.stdout or "step" in done.stdout
+    if "--breakdown" in arguments:
+        assert "conv 64->64 3x3/1 on 4x4" in done.stdout and "SGD update" in done.stdout
+        with_torch = "--amnp-only" not in arguments and importlib.util.find_spec("torch") is not None
+        assert ("ratio" in done.stdout) == with_torch  # the torch columns, where torch runs
 
 
 def test_streaming_benchmark_runs_at_toy_size(tmp_path):

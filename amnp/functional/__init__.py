@@ -7,7 +7,7 @@ runs unchanged on NumPy and CuPy arrays.
 """
 from .activations import prelu_backward, prelu_forward, relu_backward, relu_forward
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
-from .conv_flat import flat_conv2d_backward, flat_conv2d_forward
+from .conv_channels_last import channels_last_conv2d_backward, channels_last_conv2d_forward
 from .flatten import flatten_backward, flatten_forward
 from .linear import linear_backward, linear_forward
 from .losses import log_softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward

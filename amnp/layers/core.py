@@ -9,6 +9,8 @@ from ..functional.normalize import DEFAULT_EPS
 from ..validation import positive_int, window
 from .base import Layer
 
+CHANNELS_LAST_MIN_CHANNELS = 8
+
 
 class Linear(Layer):
     """out = x Wᵀ + b.  x: (N, in_features) -> (N, out_features).
@@ -47,8 +49,9 @@ class Conv2d(Layer):
     """2-D convolution.  x: (N, in_channels, H, W) -> (N, out_channels, Ho, Wo).
 
     weight (out_channels, in_channels, kh, kw), bias (out_channels,); zero padding.
-    Stride-1 convolutions run the flattened-row gather (:mod:`amnp.functional.conv_flat`),
-    others the plain im2col; both compute the same function.
+    Inputs with 8 channels or more run the channels-last convolution
+    (:mod:`amnp.functional.conv_channels_last`), whose outputs are channels-last views;
+    others the plain im2col.  Both compute the same function.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -67,10 +70,11 @@ class Conv2d(Layer):
             self.add_parameter("bias", param_init.constant((self.out_channels,), 0.0, dtype), weight_decay=False)
 
     def _pair(self):
-        """The functional pair for this geometry: the flat gather wastes Wp/Wo of the GEMM
-        on junk columns, which is cheap at stride 1 and doubles it at stride 2."""
-        if self.stride == (1, 1):
-            return F.flat_conv2d_forward, F.flat_conv2d_backward
+        """The functional pair for this layer: channels-last copies runs of C values, too
+        short below CHANNELS_LAST_MIN_CHANNELS (the first layer's 1 or 3 channels), where
+        the plain im2col's runs of Wo values are longer."""
+        if self.in_channels >= CHANNELS_LAST_MIN_CHANNELS:
+            return F.channels_last_conv2d_forward, F.channels_last_conv2d_backward
         return F.conv2d_forward, F.conv2d_backward
 
     def forward(self, x):
