@@ -206,3 +206,16 @@ def test_the_cli_trains_a_folder_from_the_dataset_cache(tmp_path, monkeypatch):
     assert cached.startswith("faces-")
     assert os.path.getsize(tmp_path / "cache" / "folders" / cached / "images.u8") == 32 * 3 * 12 * 12
     assert cli.main(["eval", str(tmp_path / "run")]) == 0
+
+
+def test_a_full_disk_names_the_cache_and_leaves_nothing_behind(images, tmp_path, monkeypatch):
+    with pytest.raises(OSError, match=r"cannot write the decoded-image cache .*cache.*AMNP_CACHE_DIR"):
+        with DiskImageWriter(tmp_path / "cache", "test") as writer:
+            writer.append(images[0])
+
+            def full(data):
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(writer.file, "write", full)
+            writer.append(images[1])
+    assert os.listdir(tmp_path) == []

@@ -145,7 +145,12 @@ class DiskImageWriter:
         if image.shape != self.image_shape or image.dtype != np.uint8:
             raise ValueError(f"DiskImageWriter: expected uint8 {self.image_shape}, "
                              f"got {image.dtype} {image.shape}")
-        self.file.write(np.ascontiguousarray(image).tobytes())
+        try:
+            self.file.write(np.ascontiguousarray(image).tobytes())
+        except OSError as error:  # a full disk, most likely: say which cache and what to do
+            raise OSError(f"cannot write the decoded-image cache {self.directory} ({error}); it "
+                          f"needs {image.nbytes} bytes per image: free disk space or set "
+                          "AMNP_CACHE_DIR to a larger disk") from error
         self.count += 1
 
     def commit(self, **index) -> DiskImages:
