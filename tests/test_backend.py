@@ -162,6 +162,11 @@ def parity_cases():
     return [
         ("linear", lambda: L.Linear(6, 4, rng=0), (5, 6)),
         ("conv2d", lambda: L.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=(2, 1), rng=0), (2, 3, 7, 6)),
+        # 8 input channels or more: the channels-last convolution, at stride 1 (dx by the
+        # flipped kernels), at stride 2, and with padding > kernel - 1 (dx by the scatter-add)
+        ("conv2d_channels_last", lambda: L.Conv2d(8, 8, 3, padding=1, rng=0), (2, 8, 6, 5)),
+        ("conv2d_channels_last_stride2", lambda: L.Conv2d(8, 16, 3, stride=2, padding=1, rng=0), (2, 8, 7, 6)),
+        ("conv2d_channels_last_wide_padding", lambda: L.Conv2d(8, 4, 2, padding=2, rng=0), (2, 8, 5, 5)),
         ("relu", lambda: L.ReLU(), (3, 4, 5)),
         ("prelu", lambda: L.PReLU(3), (2, 3, 4, 4)),
         ("max_pool2d", lambda: L.MaxPool2d(3, stride=2, padding=1), (2, 3, 7, 6)),

@@ -44,6 +44,18 @@ def test_disk_images_index_like_the_array(images, tmp_path):
     np.testing.assert_array_equal(np.asarray(subset.subset(slice(1, None))), images[mask][1:])
 
 
+@pytest.mark.parametrize("key", [(Ellipsis, slice(None, None, -1)), (slice(None), 0), None, Ellipsis,
+                                 True, np.array([[0, 1]])])
+def test_disk_images_refuse_keys_that_reach_inside_the_images(images, tmp_path, key):
+    disk = write_disk_images(images, tmp_path / "cache")
+    with pytest.raises(TypeError, match="indexed by rows only"):
+        disk[key]
+    with pytest.raises(TypeError, match="indexed by rows only"):
+        disk.subset(key)
+    with pytest.raises(ValueError, match="always a copy"):
+        np.asarray(disk, copy=False)
+
+
 def test_the_writer_refuses_a_second_shape_and_leaves_nothing_behind(images, tmp_path):
     with pytest.raises(ValueError, match=r"expected uint8 \(2, 3, 4\)"):
         with DiskImageWriter(tmp_path / "cache", "test") as writer:
@@ -78,12 +90,16 @@ def test_the_cache_is_reused_and_decoded_again_when_the_folder_changes(face_tree
         other_size = load_image_folder(face_tree, image_size=(4, 4), cache_dir=cache)
     assert other_size.images.shape == (8, 3, 4, 4) and len(os.listdir(cache)) == 2
 
-    write_image(face_tree / "dave" / "d2.png", seed=5)
+    before = np.asarray(first.images)
+    write_image(face_tree / "alice" / "a0.png", seed=5)  # sorts first: every row moves
     decoded.clear()
     with pytest.warns(UserWarning):
         changed = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
     assert len(decoded) == 10 and changed.images.shape[0] == 9
-    assert changed.paths[-1].endswith("d2.png")
+    assert changed.paths[0].endswith("a0.png")
+    np.testing.assert_array_equal(np.asarray(changed.images)[1:], before)
+    # images opened before the folder changed keep reading the rows their labels belong to
+    np.testing.assert_array_equal(np.asarray(first.images), before)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage index"])
@@ -91,6 +107,7 @@ def test_a_damaged_cache_is_decoded_again(face_tree, tmp_path, damage):  # noqa:
     cache = tmp_path / "cache"
     with pytest.warns(UserWarning):
         first = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
+    expected = np.asarray(first.images)
     directory = os.path.dirname(first.images.path)
     if damage == "truncate":
         with open(first.images.path, "r+b") as file:
@@ -102,7 +119,7 @@ def test_a_damaged_cache_is_decoded_again(face_tree, tmp_path, damage):  # noqa:
         again = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
     assert any("unreadable" in str(w.message) and "decoding the folder again" in str(w.message)
                for w in caught)
-    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+    np.testing.assert_array_equal(np.asarray(again.images), expected)
 
 
 def test_an_interrupted_decode_leaves_no_cache(face_tree, tmp_path, monkeypatch):  # noqa: F811
@@ -219,3 +236,11 @@ def test_a_full_disk_names_the_cache_and_leaves_nothing_behind(images, tmp_path,
             monkeypatch.setattr(writer.file, "write", full)
             writer.append(images[1])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_writer_removes_what_a_killed_writer_left(images, tmp_path):
+    abandoned = tmp_path / ".cache.999999999.x1y2"  # no such process
+    abandoned.mkdir()
+    (abandoned / "images.u8").write_bytes(b"half")
+    write_disk_images(images, tmp_path / "cache")
+    assert os.listdir(tmp_path) == ["cache"]

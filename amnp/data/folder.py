@@ -173,7 +173,11 @@ def _fingerprint(files, root: Path, settings: str) -> str:
     """A digest of every file's path, size and modification time, and the decoding settings."""
     digest = hashlib.sha256(settings.encode())
     for _, path in files:
-        status = path.stat()
+        try:
+            status = path.stat()
+        except OSError as error:
+            raise ValueError(f"cannot read {path} ({error}); did the folder change while it "
+                             "was being read?") from None
         digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

@@ -18,7 +18,10 @@ decoded again instead of being silently reused.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import mmap
 import os
 import shutil
 import tempfile
@@ -29,25 +32,31 @@ import numpy as np
 
 __all__ = ["DiskImages", "DiskImageWriter", "open_decoded", "cache_directory"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # bump when the file layout, read_image or resize_bilinear changes
 IMAGES_FILE, INDEX_FILE = "images.u8", "index.npz"
 
 
 class DiskImages:
     """uint8 images of shape (N, C, H, W) kept in a file, read only when indexed.
 
-    ``images[key]`` with an integer, a slice, an integer array or a boolean mask
-    returns the selected images as an in-memory NumPy array, like indexing an
-    array would; `subset` selects rows without reading them.  ``np.asarray(images)``
-    reads them all.
+    ``images[key]`` with a key that selects rows (an integer, a slice, a 1-D integer
+    array or boolean mask) returns those images as an in-memory NumPy array, as
+    indexing an array would; keys that reach inside the images (``images[..., ::-1]``,
+    a tuple, None) are refused, since they would have to read every row first.
+    `subset` selects rows without reading them.  ``np.asarray(images)`` reads them all.
+
+    The file is opened once, here, and every read maps that open file: if the cache is
+    decoded again (the folder changed) and the path now names a new file, these images
+    still read the file they were opened with, so their rows keep matching their labels.
     """
 
     ndim, dtype = 4, np.dtype(np.uint8)
 
-    def __init__(self, path, shape, rows=None):
+    def __init__(self, path, shape, rows=None, file=None):
         self.path = str(path)
         self.file_shape = tuple(int(d) for d in shape)
         self.rows = np.arange(self.file_shape[0]) if rows is None else np.asarray(rows, np.int64)
+        self._file = open(self.path, "rb") if file is None else file
 
     @property
     def shape(self) -> tuple:
@@ -61,16 +70,27 @@ class DiskImages:
         return len(self.rows)
 
     def __getitem__(self, key) -> np.ndarray:
-        rows = self.rows[key]
+        rows = self._selected_rows(key)
         if rows.ndim == 0:
             return self._read(rows[None])[0]
         return self._read(rows)
 
     def subset(self, key) -> "DiskImages":
-        """The rows ``key`` selects (as ``images[key]`` would), still on disk."""
-        return DiskImages(self.path, self.file_shape, np.atleast_1d(self.rows[key]))
+        """The rows ``key`` selects, still on disk; an integer key keeps its row axis."""
+        return DiskImages(self.path, self.file_shape, np.atleast_1d(self._selected_rows(key)),
+                          self._file)
+
+    def _selected_rows(self, key) -> np.ndarray:
+        if key is None or key is Ellipsis or isinstance(key, (tuple, bool, np.bool_)) \
+                or np.ndim(key) > 1:
+            raise TypeError(f"DiskImages are indexed by rows only (an integer, a slice, a 1-D "
+                            f"integer array or boolean mask), got {key!r}; read the rows first, "
+                            "e.g. images[rows][..., ::-1]")
+        return self.rows[key]
 
     def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("DiskImages are read from disk: an array of them is always a copy")
         images = self[:]
         return images if dtype is None else images.astype(dtype)
 
@@ -79,9 +99,10 @@ class DiskImages:
         if len(rows):
             # Read in file order (a cold disk reads ahead), put back in the order asked for.
             order = np.argsort(rows, kind="stable")
-            mapped = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.file_shape)
-            out[order] = mapped[rows[order]]
-            del mapped  # unmapped here: the process keeps the batch, not the file's pages
+            with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                images = np.frombuffer(mapped, dtype=np.uint8).reshape(self.file_shape)
+                out[order] = images[rows[order]]
+                del images  # unmapped on leaving: the process keeps the batch, not the file's pages
         return out
 
     def __repr__(self) -> str:
@@ -118,9 +139,11 @@ def open_decoded(directory: Path, fingerprint: str):
 class DiskImageWriter:
     """Writes images of one shape, one at a time, into a new cache directory.
 
-    Used as a context manager: ``commit(**index)`` renames the finished cache into
+    Used as a context manager: ``commit(**index)`` moves the finished cache into
     ``directory``; leaving the block without committing (an error, Ctrl-C) deletes what
-    was written, so a cache that exists is always complete.
+    was written, so a cache that exists is always complete.  The temporary directory's
+    name carries the writer's process id, so that one left by a killed process is
+    recognised and removed by the next writer.
     """
 
     def __init__(self, directory: Path, fingerprint: str):
@@ -131,11 +154,13 @@ class DiskImageWriter:
         parent = self.directory.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.temporary = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}-", dir=parent))
+            _remove_abandoned(parent, self.directory.name)
+            self.temporary = Path(tempfile.mkdtemp(
+                prefix=f".{self.directory.name}.{os.getpid()}.", dir=parent))
+            self.file = open(self.temporary / IMAGES_FILE, "wb")
         except OSError as error:
             raise ValueError(f"cannot write the decoded-image cache under {parent} ({error}); "
                              "set AMNP_CACHE_DIR to a writable directory") from None
-        self.file = open(self.temporary / IMAGES_FILE, "wb")
         return self
 
     def append(self, image: np.ndarray) -> None:
@@ -145,27 +170,71 @@ class DiskImageWriter:
         if image.shape != self.image_shape or image.dtype != np.uint8:
             raise ValueError(f"DiskImageWriter: expected uint8 {self.image_shape}, "
                              f"got {image.dtype} {image.shape}")
-        try:
+        with self._explained_write_errors():
             self.file.write(np.ascontiguousarray(image).tobytes())
-        except OSError as error:  # a full disk, most likely: say which cache and what to do
-            raise OSError(f"cannot write the decoded-image cache {self.directory} ({error}); it "
-                          f"needs {image.nbytes} bytes per image: free disk space or set "
-                          "AMNP_CACHE_DIR to a larger disk") from error
         self.count += 1
 
     def commit(self, **index) -> DiskImages:
-        """Finish the cache, with ``index`` (arrays) stored beside the images; returns them."""
-        self.file.close()
+        """Finish the cache, with ``index`` (arrays) stored beside the images; returns them.
+
+        Both files reach the disk (fsync) before the directory is moved into place.  A
+        cache already there (the folder's previous state, or one another process has just
+        committed) is moved aside first and then deleted; whoever has its images open
+        keeps reading them, since DiskImages read the file they opened.
+        """
+        if self.count == 0:
+            raise ValueError("DiskImageWriter: no images to commit")
         shape = (self.count,) + tuple(self.image_shape)
-        np.savez(self.temporary / INDEX_FILE, format_version=FORMAT_VERSION,
-                 fingerprint=self.fingerprint, shape=np.array(shape), **index)
-        if self.directory.exists():  # a stale cache of an older state of the folder
-            shutil.rmtree(self.directory)
-        os.replace(self.temporary, self.directory)
+        with self._explained_write_errors():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            with open(self.temporary / INDEX_FILE, "wb") as file:
+                np.savez(file, format_version=FORMAT_VERSION, fingerprint=self.fingerprint,
+                         shape=np.array(shape), **index)
+                file.flush()
+                os.fsync(file.fileno())
+            aside = self.temporary.with_name(self.temporary.name + ".old")
+            try:
+                os.replace(self.directory, aside)
+            except FileNotFoundError:
+                pass
+            try:
+                os.replace(self.temporary, self.directory)
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # another process committed this folder in between: same files, same cache
+            shutil.rmtree(aside, ignore_errors=True)
         return DiskImages(self.directory / IMAGES_FILE, shape)
+
+    @contextlib.contextmanager
+    def _explained_write_errors(self):
+        """A failed write (a full disk, most likely) says which cache and what to do."""
+        try:
+            yield
+        except OSError as error:
+            raise OSError(f"cannot write the decoded-image cache {self.directory} ({error}): "
+                          "free disk space or set AMNP_CACHE_DIR to a larger disk") from error
 
     def __exit__(self, *exc_info):
         self.file.close()
         if self.temporary.exists():  # not committed
             shutil.rmtree(self.temporary, ignore_errors=True)
         return False
+
+
+def _remove_abandoned(parent: Path, name: str) -> None:
+    """Delete temporary directories of ``name`` left by writers that no longer run (killed
+    while decoding: they never reached their own clean-up)."""
+    prefix = f".{name}."
+    for candidate in parent.iterdir():
+        if not candidate.name.startswith(prefix):
+            continue
+        try:
+            pid = int(candidate.name[len(prefix):].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live process
+            continue
