@@ -14,7 +14,6 @@ wrong answers of the kinds its hints describe and must fail with that hint.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
@@ -916,27 +915,12 @@ def check_eer(eer):
     _fail(f"EER {got:.4f}, expected {want:.4f}")
 
 
-def reference_dir_at_far(gallery, gallery_labels, probes, probe_labels, far):
-    """Open-set identification rate at a false alarm rate (BLUFR's DIR@FAR).
-
-    Probes whose label is in the gallery are genuine, the others impostors.  The threshold
-    lets at most floor(far * #impostors) impostor probes through (their best gallery score
-    >= t).  DIR = fraction of genuine probes whose best match is their own identity AND
-    scores >= t.
-    """
+def amnp_dir_at_far(gallery, gallery_labels, probes, probe_labels, far):
+    """amnp.evaluation.dir_at_far with the tutorial's arguments: cosine similarity of the
+    probe and gallery embeddings, one target FAR."""
     g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     p = probes / np.linalg.norm(probes, axis=1, keepdims=True)
-    scores = p @ g.T
-    best = scores.argmax(axis=1)
-    best_score = scores[np.arange(len(p)), best]
-    genuine = np.isin(probe_labels, gallery_labels)
-    impostor_scores = np.sort(best_score[~genuine])[::-1]
-    allowed = int(np.floor(far * impostor_scores.size * (1 + 1e-9)))
-    # accept scores strictly above the (allowed+1)-th impostor: at most `allowed` get through
-    threshold = impostor_scores[allowed] if allowed < impostor_scores.size else -np.inf
-    accepted = best_score > threshold
-    correct = gallery_labels[best] == probe_labels
-    return float(np.mean((accepted & correct)[genuine]))
+    return evaluation.dir_at_far(p @ g.T, gallery_labels, probe_labels, [far])[float(far)]
 
 
 def _open_set(name):
@@ -950,27 +934,11 @@ def _open_set(name):
     return gallery, gallery_labels, probes, probe_labels
 
 
-def dir_at_far_reference():
-    """DIR@FAR as amnp.evaluation computes it, when amnp has ``dir_at_far``, called through an
-    adapter with the tutorial's arguments; else :func:`reference_dir_at_far`."""
-    fn = getattr(evaluation, "dir_at_far", None)
-    if fn is None:
-        return reference_dir_at_far
-    parameters = list(inspect.signature(fn).parameters)
-    if parameters[:3] == ["similarity", "gallery_labels", "probe_labels"]:
-        def amnp_dir_at_far(gallery, gallery_labels, probes, probe_labels, far):
-            g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-            p = probes / np.linalg.norm(probes, axis=1, keepdims=True)
-            return fn(p @ g.T, gallery_labels, probe_labels, [far])[float(far)]
-        return amnp_dir_at_far
-    return reference_dir_at_far
-
-
 def check_dir_at_far(dir_at_far):
     """dir_at_far(gallery, gallery_labels, probes, probe_labels, far) -> DIR at that FAR."""
     gallery, gallery_labels, probes, probe_labels = _open_set("dir")
     for far in (0.1, 0.01, 0.0):
-        want = float(dir_at_far_reference()(gallery, gallery_labels, probes, probe_labels, far))
+        want = amnp_dir_at_far(gallery, gallery_labels, probes, probe_labels, far)
         got = float(dir_at_far(gallery, gallery_labels, probes, probe_labels, far))
         if math.isclose(got, want, abs_tol=1e-12):
             continue
