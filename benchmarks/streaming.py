@@ -4,7 +4,7 @@
     python benchmarks/streaming.py --folder F --identities 100 --per-identity 10 --steps 5
 
 Writes a synthetic face folder (JPEG, 3x112x96, the size of CASIA-WebFace's crops) unless
-``--folder`` already holds one, then runs, each in its own process so that its peak
+``--folder`` already holds one of that size, then runs, each in its own process so that its peak
 resident memory (ru_maxrss) is its own:
 
 1. ``decode``: the folder decoded once into the dataset cache (amnp.data.on_disk);
@@ -124,6 +124,9 @@ def main():
     if not args.folder.exists():
         write_folder(args.folder, args.identities, args.per_identity)
     files = sum(len(names) for _, _, names in os.walk(args.folder))
+    if files != args.identities * args.per_identity:  # an existing folder of another size
+        sys.exit(f"{args.folder} holds {files} images, not --identities {args.identities} x "
+                 f"--per-identity {args.per_identity}: give those of the folder, or a new --folder")
     print(f"{files} images under {args.folder}")
     stages = ["decode", "train"] + (["in memory"] if args.in_memory else [])
     rows = [(stage, run_stage(stage, args)) for stage in stages]

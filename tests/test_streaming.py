@@ -244,3 +244,11 @@ def test_a_writer_removes_what_a_killed_writer_left(images, tmp_path):
     (abandoned / "images.u8").write_bytes(b"half")
     write_disk_images(images, tmp_path / "cache")
     assert os.listdir(tmp_path) == ["cache"]
+
+
+def test_a_file_vanishing_while_the_folder_is_listed_is_a_clear_error(face_tree, tmp_path, monkeypatch):  # noqa: F811
+    listed = folder_module._image_files(face_tree)
+    monkeypatch.setattr(folder_module, "_image_files",
+                        lambda root: listed + [("dave", face_tree / "dave" / "gone.png")])
+    with pytest.raises(ValueError, match="gone.png.*did the folder change while it was being read"):
+        load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
