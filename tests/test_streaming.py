@@ -122,14 +122,16 @@ def test_a_file_replaced_with_its_modification_time_set_back_is_decoded_again(tm
     first = load_image_folder(root, cache_dir=tmp_path / "cache")
     before = np.asarray(first.images)
     ann, ben = root / "ann" / "0.png", root / "ben" / "0.png"
-    times = {path: path.stat().st_mtime_ns for path in (ann, ben)}
+    def sizes_and_times():
+        return [(path.stat().st_size, path.stat().st_mtime_ns) for path in (ann, ben)]
+
+    before_swap = sizes_and_times()
     os.rename(ann, root / "swap.png")
     os.rename(ben, ann)
     os.rename(root / "swap.png", ben)
-    for path, mtime in times.items():
+    for path, (_, mtime) in zip((ann, ben), before_swap):
         os.utime(path, ns=(mtime, mtime))
-    assert [(p.stat().st_size, p.stat().st_mtime_ns) for p in (ann, ben)] == \
-        [(ann.stat().st_size, times[ann]), (ben.stat().st_size, times[ben])]
+    assert sizes_and_times() == before_swap
 
     again = load_image_folder(root, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(np.asarray(again.images), load_image_folder(root).images)
