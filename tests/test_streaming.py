@@ -1,14 +1,22 @@
 """Folders decoded once onto disk (amnp.data.on_disk), read back a batch at a time, and the
 prefetching trainer that feeds on them: the same batches, bit for bit, as from memory."""
 import dataclasses
+import errno
+import io
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from amnp import cli
 from amnp.data import DiskImages, load_folder_dataset, load_image_folder
 from amnp.data import folder as folder_module
+from amnp.data import on_disk as on_disk_module
 from amnp.data.on_disk import DiskImageWriter
 from amnp.data.prefetch import Prefetcher
 from amnp.training import TrainConfig, Trainer
@@ -102,19 +110,110 @@ def test_the_cache_is_reused_and_decoded_again_when_the_folder_changes(face_tree
     np.testing.assert_array_equal(np.asarray(first.images), before)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage index"])
+def test_a_file_replaced_with_its_modification_time_set_back_is_decoded_again(tmp_path):
+    """Two images of the same size swap identities, and both get their old modification
+    times back (what `touch -d` does): same paths, sizes and times, other pixels."""
+    root = tmp_path / "faces"
+    for name in ("ann", "ben", "cat", "dan"):
+        (root / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(np.random.default_rng([ord(name[0]), k]).integers(0, 256, (6, 5, 3), np.uint8)
+                            ).save(root / name / f"{k}.png", compress_level=0)  # one size for all
+    first = load_image_folder(root, cache_dir=tmp_path / "cache")
+    before = np.asarray(first.images)
+    ann, ben = root / "ann" / "0.png", root / "ben" / "0.png"
+    def sizes_and_times():
+        return [(path.stat().st_size, path.stat().st_mtime_ns) for path in (ann, ben)]
+
+    before_swap = sizes_and_times()
+    os.rename(ann, root / "swap.png")
+    os.rename(ben, ann)
+    os.rename(root / "swap.png", ben)
+    for path, (_, mtime) in zip((ann, ben), before_swap):
+        os.utime(path, ns=(mtime, mtime))
+    assert sizes_and_times() == before_swap
+
+    again = load_image_folder(root, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(np.asarray(again.images), load_image_folder(root).images)
+    np.testing.assert_array_equal(np.asarray(again.images)[[0, 2]], before[[2, 0]])
+
+
+def damage_bytes(path, offset, count):
+    """Overwrite ``count`` bytes from ``offset`` with others; the size stays."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        old = np.frombuffer(file.read(count), np.uint8)
+        file.seek(offset)
+        file.write((old ^ 0x5A).tobytes())
+
+
+def test_damaged_image_bytes_are_never_returned(face_tree, tmp_path):  # noqa: F811
+    with pytest.warns(UserWarning):
+        first = load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
+    expected = np.asarray(first.images)
+    directory = os.path.dirname(first.images.path)
+    damage_bytes(first.images.path, 3 * expected[0].size + 7, 1)  # one byte of image 3
+
+    with pytest.warns(UserWarning):  # the same cache: a fingerprint cannot see damage
+        again = load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
+    for images in (first.images, again.images):
+        np.testing.assert_array_equal(images[[0, 1, 2, 4, 5, 6, 7]], expected[[0, 1, 2, 4, 5, 6, 7]])
+        for key in (3, slice(None), np.array([5, 3]), slice(2, 4)):
+            with pytest.raises(ValueError, match=f"the decoded-image cache {directory} is damaged: "
+                                                 r"1 of the \d+ images just read \(image 3 of images.u8 "
+                                                 rf"first\) differ from what was written; delete "
+                                                 f"{directory} and the folder is decoded again"):
+                images[key]
+    with pytest.raises(ValueError, match="is damaged"):
+        first.images.subset(slice(3, None))[0]
+
+
+def test_training_on_a_damaged_cache_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    """Random bytes in images.u8, at its size: the run stops at its first batch."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AMNP_CACHE_DIR", str(cache))
+    root = tmp_path / "faces"
+    for i in range(8):
+        (root / f"p{i}").mkdir(parents=True)
+        for k in range(4):
+            write_image(root / f"p{i}" / f"{k}.png", size=(8, 8), seed=10 * i + k)
+    train = ["train", "--dataset", f"folder:{root}", "--iters", "2", "--batch-size", "4", "--no-eval"]
+    assert cli.main(train + ["--out", str(tmp_path / "first")]) == 0
+    (directory,) = (cache / "folders").iterdir()
+    images = directory / "images.u8"
+    images.write_bytes(np.random.default_rng(0).integers(0, 256, images.stat().st_size, np.uint8))
+    capsys.readouterr()
+    assert cli.main(train + ["--out", str(tmp_path / "second")]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()  # the small protocol's warning, then the error
+    assert all(line.startswith("amnp: warning: ") for line in err[:-1]), err
+    assert err[-1].startswith(
+        f"amnp: error: the decoded-image cache {directory} is damaged: 4 of the 4 images just read"), err
+    assert err[-1].endswith(f"delete {directory} and the folder is decoded again on the next run")
+
+    shutil.rmtree(directory)
+    assert cli.main(train + ["--out", str(tmp_path / "third")]) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage index", "checksums lost"])
 def test_a_damaged_cache_is_decoded_again(face_tree, tmp_path, damage):  # noqa: F811
     cache = tmp_path / "cache"
     with pytest.warns(UserWarning):
         first = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
     expected = np.asarray(first.images)
     directory = os.path.dirname(first.images.path)
+    index = os.path.join(directory, "index.npz")
     if damage == "truncate":
         with open(first.images.path, "r+b") as file:
             file.truncate(100)
-    else:
-        with open(os.path.join(directory, "index.npz"), "wb") as file:
+    elif damage == "garbage index":
+        with open(index, "wb") as file:
             file.write(b"not a zip file")
+    else:
+        with np.load(index) as stored:
+            kept = {key: stored[key] for key in stored.files if key != "checksums"}
+        damage_bytes(first.images.path, 0, expected.size)  # what the checksums would have caught
+        with open(index, "wb") as file:
+            np.savez(file, **kept)
     with pytest.warns(UserWarning) as caught:
         again = load_image_folder(face_tree, image_size=(6, 5), cache_dir=cache)
     assert any("unreadable" in str(w.message) and "decoding the folder again" in str(w.message)
@@ -225,17 +324,103 @@ def test_the_cli_trains_a_folder_from_the_dataset_cache(tmp_path, monkeypatch):
     assert cli.main(["eval", str(tmp_path / "run")]) == 0
 
 
-def test_a_full_disk_names_the_cache_and_leaves_nothing_behind(images, tmp_path, monkeypatch):
-    with pytest.raises(OSError, match=r"cannot write the decoded-image cache .*cache.*AMNP_CACHE_DIR"):
-        with DiskImageWriter(tmp_path / "cache", "test") as writer:
-            writer.append(images[0])
+class DiskWithLittleSpace(io.RawIOBase):
+    """A file on a disk with ``space["left"]`` bytes free: as write(2) on a full disk, a
+    write that does not fit writes what fits, and the next fails with ENOSPC."""
 
-            def full(data):
-                raise OSError(28, "No space left on device")
+    def __init__(self, file, space):
+        self.file, self.space = file, space
 
-            monkeypatch.setattr(writer.file, "write", full)
-            writer.append(images[1])
+    def write(self, data):
+        if self.space["left"] == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = self.file.write(bytes(data[:self.space["left"]]))
+        self.space["left"] -= written
+        return written
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self.file.seek(offset, whence)
+
+    def tell(self):
+        return self.file.tell()
+
+    def fileno(self):
+        return self.file.fileno()
+
+    def close(self):
+        self.file.close()
+        super().close()
+
+
+# 7 images of 4800 bytes: more than the 8 KiB write buffer holds, so free space of 0 and
+# 10,000 bytes runs out while appending, 33,000 at the buffer's last flush, 33,610 (the
+# images and 10 bytes) while writing the index.
+@pytest.mark.parametrize("free", [0, 10_000, 33_000, 33_610])
+def test_a_full_disk_names_the_cache_and_leaves_nothing_behind(tmp_path, monkeypatch, free):
+    images = np.random.default_rng(0).integers(0, 256, (7, 3, 40, 40), dtype=np.uint8)
+    space = {"left": free}
+
+    def open_on_a_small_disk(path, mode="r", *args, **kwargs):
+        if "w" not in mode:
+            return open(path, mode, *args, **kwargs)
+        return io.BufferedWriter(DiskWithLittleSpace(open(path, mode, buffering=0), space))
+
+    monkeypatch.setattr(on_disk_module, "open", open_on_a_small_disk, raising=False)
+    with pytest.raises(OSError, match=f"cannot write the decoded-image cache {tmp_path / 'cache'} "
+                                      r"\(\[Errno 28\] No space left on device\): free disk space "
+                                      "or set AMNP_CACHE_DIR to a larger disk"):
+        write_disk_images(images, tmp_path / "cache")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """mount(SIZE) -> a directory on a real tmpfs of SIZE (e.g. "16k"), unmounted afterwards."""
+    mounted = []
+
+    def mount(size):
+        directory = tmp_path / f"tmpfs-{size}"
+        directory.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
+                        "test_a_full_disk_names_the_cache_and_leaves_nothing_behind injects ENOSPC instead")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in mounted:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+# 32 images of 16x16 RGB are 24 KiB: a 8 KiB or 16 KiB disk fills while they are written, a
+# 24 KiB one just holds them and has no room left for the index.
+@pytest.mark.parametrize("size", ["8k", "16k", "24k"])
+def test_a_real_full_disk_under_the_cli(tmp_path, capsys, monkeypatch, small_tmpfs, size):
+    disk = small_tmpfs(size)
+    monkeypatch.setenv("AMNP_CACHE_DIR", str(disk))
+    root = tmp_path / "faces"
+    for i in range(8):
+        (root / f"p{i}").mkdir(parents=True)
+        for k in range(4):
+            write_image(root / f"p{i}" / f"{k}.png", size=(16, 16), seed=10 * i + k)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", f"folder:{root}", "--iters", "1", "--batch-size", "4",
+                     "--out", str(out)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(
+        f"amnp: error: cannot write the decoded-image cache {re.escape(str(disk))}/folders/faces-"
+        r"[0-9a-f]{16} \(\[Errno 28\] No space left on device\): free disk space or set "
+        "AMNP_CACHE_DIR to a larger disk", err[0]), err
+    assert os.listdir(disk) == ["folders"] and os.listdir(disk / "folders") == [], "nothing left behind"
+    assert not out.exists()
 
 
 def test_a_writer_removes_what_a_killed_writer_left(images, tmp_path):
@@ -252,3 +437,11 @@ def test_a_file_vanishing_while_the_folder_is_listed_is_a_clear_error(face_tree,
                         lambda root: listed + [("dave", face_tree / "dave" / "gone.png")])
     with pytest.raises(ValueError, match="gone.png.*did the folder change while it was being read"):
         load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
+
+
+def test_the_checksum_benchmark_runs_at_toy_size():
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "cache_checksums.py")
+    done = subprocess.run([sys.executable, script, "--images", "300", "--batches", "2", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "checked" in done.stdout and "unchecked" in done.stdout

@@ -33,6 +33,7 @@ __all__ = ["ImageFolder", "LFWPairs", "load_folder_dataset", "load_image_folder"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DECODE_THREADS = min(4, os.cpu_count() or 1)
 DECODE_CHUNK = 256  # files handed to the decoding threads at a time: bounds the images in flight
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow reads 16-bit grey PNGs
 
 
 class ImageFolder(NamedTuple):
@@ -41,7 +42,8 @@ class ImageFolder(NamedTuple):
     images : uint8 array, shape (N, C, H, W)
     labels : int64 array, shape (N,), indices into ``class_names``
     class_names : list of str, the identity directory names, sorted
-    paths : list of str, the file of each image
+    paths : list of str, the file of each image (a name that is not valid UTF-8 keeps its
+        bytes as surrogate escapes: ``os.fsencode(path)`` gives them back)
     skipped : int, number of image files that could not be read
     """
 
@@ -109,16 +111,33 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def read_image(path, grayscale: bool = False, image_size=None) -> np.ndarray:
     """Read one image as uint8 (C, H, W), resized to ``image_size`` if given.
 
+    16-bit grey PNGs are scaled to 8 bits (their high byte, as Pillow reads 16-bit
+    colour PNGs), not clipped at 255.
+
     Raises OSError, ValueError or SyntaxError (what Pillow raises) when the
-    file cannot be decoded.
+    file cannot be decoded, and ValueError for an image Pillow refuses as a
+    decompression bomb (over twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels; over
+    once, Pillow reads it with a DecompressionBombWarning).
     """
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L" if grayscale else "RGB"))
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(_eight_bit(image).convert("L" if grayscale else "RGB"))
+    except Image.DecompressionBombError as error:
+        raise ValueError(str(error)) from None
     pixels = pixels[None] if grayscale else pixels.transpose(2, 0, 1)
     # Resizing right away keeps memory at the target size (LFW: 13k images).
     if image_size is not None and pixels.shape[1:] != tuple(image_size):
         pixels = resize_bilinear(pixels, image_size)
     return pixels
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit channels: Pillow's convert("L"/"RGB") would clip 16-bit grey at 255.
+    PNG has no grey deeper than 16 bits, so the 32-bit "I" mode also holds 16-bit values."""
+    if image.mode not in WIDE_GREY_MODES:
+        return image
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+    return Image.fromarray((values >> 8).astype(np.uint8), "L")
 
 
 def _size_mismatch(where, first_path, first_shape, path, shape) -> ValueError:
@@ -170,7 +189,9 @@ def _decoded(files, grayscale, image_size, progress, where):
 
 
 def _fingerprint(files, root: Path, settings: str) -> str:
-    """A digest of every file's path, size and modification time, and the decoding settings."""
+    """A digest of the decoding settings and of every file's path, size, modification and
+    inode-change times and inode number: a file replaced, or changed with its modification
+    time set back, changes its inode-change time, which nobody can set back."""
     digest = hashlib.sha256(settings.encode())
     for _, path in files:
         try:
@@ -178,7 +199,10 @@ def _fingerprint(files, root: Path, settings: str) -> str:
         except OSError as error:
             raise ValueError(f"cannot read {path} ({error}); did the folder change while it "
                              "was being read?") from None
-        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        # os.fsencode: a name that is not valid UTF-8 has its own bytes back
+        digest.update(os.fsencode(path.relative_to(root)) + (
+            f"\0{status.st_size}\0{status.st_mtime_ns}\0{status.st_ctime_ns}\0{status.st_ino}\n"
+            .encode()))
     return digest.hexdigest()
 
 
@@ -188,9 +212,11 @@ def load_image_folder(root, image_size=None, grayscale: bool = False, cache_dir=
 
     Identities are the sub-directories of ``root`` in sorted order, images the
     ``.png/.jpg/.jpeg`` files inside (sorted by name); hidden files and other
-    extensions are ignored.  Files that cannot be decoded are skipped,
+    extensions are ignored.  Files that cannot be decoded (or are over
+    Pillow's decompression-bomb limit, see `read_image`) are skipped,
     counted in ``skipped`` and reported with a warning; an identity whose
-    images are all unreadable is left out.
+    images are all unreadable is left out.  File names need not be valid
+    UTF-8.
 
     Parameters
     ----------
