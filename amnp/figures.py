@@ -278,8 +278,10 @@ def plot_sample_grid(
         else:
             # RGB imshow takes no vmin/vmax: floats must be in [0, 1], ints in [0, 255].
             ax.imshow(image if vmax == 1.0 else image.astype(np.uint8))
-        title = class_names[int(label)] if class_names is not None else str(label)
-        ax.set_title(str(title), fontsize=8)
+        title = str(class_names[int(label)]) if class_names is not None else str(label)
+        # an identity folder whose name is not valid UTF-8 holds surrogate escapes, which no
+        # font can draw: show their bytes as \x escapes instead
+        ax.set_title(os.fsencode(title).decode("utf-8", "backslashreplace"), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,5 +1,7 @@
 """Tests for amnp.figures: every function writes a PNG and leaves pyplot alone."""
 
+import os
+
 import matplotlib
 import numpy as np
 import pytest
@@ -86,6 +88,15 @@ def test_plot_sample_grid(tmp_path, images):
     labels = np.arange(images.shape[0]) % 3
     out = tmp_path / "grid.png"
     assert_png(figures.plot_sample_grid(images, labels, out, class_names=["a", "b", "c"]), out)
+
+
+def test_plot_sample_grid_names_that_are_not_utf8(tmp_path):
+    """An identity folder named with bytes that are not UTF-8 (os.fsdecode gives surrogate escapes)."""
+    images = np.zeros((3, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(3)
+    out = tmp_path / "grid.png"
+    names = ["a", os.fsdecode(b"caf\xe9"), "c"]
+    assert_png(figures.plot_sample_grid(images, labels, out, class_names=names), out)
 
 
 def test_plot_sample_grid_max_images(tmp_path):
