@@ -139,7 +139,7 @@ dx2, _, _ = F.linear_backward(2 * dout, cache)
 print("dx(2 dout) / dx(dout) =", np.round(dx2 / dx, 12).ravel()[:4], "...")
 
 # %% [markdown]
-# **Inline question 1.** By what factor did `dx` change? (a number)
+# **Inline question 1.** By what factor did `dx` change? (a number, within 1e-9)
 
 # %%
 ### BEGIN SOLUTION
@@ -149,6 +149,7 @@ checks.check_answer("01.double_dout", answer_double_dout)
 
 # %% [markdown]
 # **Inline question 2.** How many calls of `f` does `numerical_vjp` make for an `x` with 12 entries?
+# (a whole number)
 
 # %%
 ### BEGIN SOLUTION

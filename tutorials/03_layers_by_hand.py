@@ -196,9 +196,11 @@ for k, s, p in ((3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 1)):
           + ("CAUGHT" if err > 1e-6 else "not caught ('=' and '+=' agree)"))
 
 # %% [markdown]
-# **Inline question.** Why does no check catch the bug with stride ≥ kernel?
+# **Inline question 1.** Why does no check catch the bug with stride ≥ kernel?
 # (a) the check's h is too large (b) every pixel belongs to at most one window, so '=' and '+='
 # do the same (c) padding hides it
+#
+# Answer with the letter as a string, e.g. `'b'` (in quotes: a bare `b` is the bias array above).
 
 # %%
 ### BEGIN SOLUTION

@@ -72,7 +72,7 @@ print("row-wise <v, dL/dv>:", np.round((v * dv).sum(axis=1), 14))
 
 # %% [markdown]
 # **Inline question 1.** So, in words: a gradient step on $v$ moves it along the sphere of its
-# current radius (to first order). What is the number you just saw, exactly?
+# current radius (to first order). What is the number you just saw, exactly? (a number, within 1e-9)
 
 # %%
 ### BEGIN SOLUTION

@@ -43,6 +43,7 @@ rng = np.random.default_rng(6)
 # Only the target column moves. Compute log-softmax as $z - \max z - \log\sum e^{z - \max z}$: with
 # $s = 30$ probabilities underflow, and $\log$ of an underflowed 0 is $-\infty$.
 # With `conditional=True` (the authors' Caffe rule) subtract $m$ only in rows where $c_{ny} > m$.
+# Leave `cos` as it is: the caller (a gradient check, say) still needs it.
 #
 # ### Exercise 1
 
@@ -130,6 +131,8 @@ print(f"buggy loss {every_column_forward(cos, labels, 0.35, 30.0):.4f}, margin-f
 # (a) h is too large to see the margin (b) the margin is too small at s = 30
 # (c) softmax is shift invariant: the buggy forward is exactly the margin-free loss, and its
 # backward is that loss's exact gradient (d) central differences cannot see constants
+#
+# Answer with the letter as a string, e.g. `'b'`.
 
 # %%
 ### BEGIN SOLUTION
