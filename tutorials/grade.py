@@ -5,8 +5,8 @@ build's notebooks (.ipynb) or percent scripts (.py) as handed in.
 
 Each tutorial of each student runs in a fresh Python process, in quick mode
 (AMNP_TUTORIAL_QUICK=1), in an empty working folder, with a time limit.  The process
-executes the submission's code cells one by one; a cell that raises is noted and the next
-one runs.  The submission's own check calls do nothing there: once the function or answer
+executes the submission's code cells one by one, as a kernel would; a cell that raises
+stops there and the next one runs.  The submission's own check calls do nothing there: once the function or answer
 variable of an exercise is defined, the grader runs that exercise's check (the line after
 its block in the teacher's tutorial) with its own copy of the checks (tutorials/checks/),
 never the one beside the submission.  So every exercise and inline question is graded on
@@ -26,6 +26,7 @@ SUBMISSIONS is not a folder of student folders or the CSV cannot be written.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import csv
 import io
@@ -115,15 +116,26 @@ def run_child() -> None:
     pending = list(job["exercises"])
     namespace = {"__name__": "__main__"}
     for number, source in enumerate(code_cells(Path(job["submission"])), start=1):
+        where = f"<{Path(job['submission']).name}, cell {number}>"
         try:
-            exec(compile(source, f"<{Path(job['submission']).name}, cell {number}>", "exec"), namespace)
-        except BaseException as error:  # noqa: B036 - a cell's sys.exit() or crash must not end the grading
-            if isinstance(error, KeyboardInterrupt):
-                raise
-        for exercise in [e for e in pending if e["name"] in namespace]:
-            pending.remove(exercise)
-            emit("\n" + token + json.dumps({"label": exercise["label"], **_grade(exercise, namespace, real)}) + "\n")
-            sys.stdout.flush()
+            statements = ast.parse(source, where).body
+        except SyntaxError:
+            continue
+        # statement by statement, as a kernel runs a cell, grading each exercise as soon as its
+        # name exists: a crash or hang later in the same cell does not take its points
+        for statement in statements:
+            try:
+                exec(compile(ast.Module([statement], type_ignores=[]), where, "exec"), namespace)
+            except Exception:    # the cell stops here, the next one runs
+                break
+            except SystemExit:   # a cell's sys.exit() must not end the grading
+                break
+            finally:
+                for exercise in [e for e in pending if e["name"] in namespace]:
+                    pending.remove(exercise)
+                    emit("\n" + token + json.dumps({"label": exercise["label"],
+                                                    **_grade(exercise, namespace, real)}) + "\n")
+                    sys.stdout.flush()
     for exercise in pending:
         emit("\n" + token + json.dumps({"label": exercise["label"], "passed": False,
                                  "message": f"{exercise['name']} is not defined in the submission"}) + "\n")
