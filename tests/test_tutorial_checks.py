@@ -29,11 +29,13 @@ def rejects(check, answer, hint):
 
 
 def teacher(number):
-    """The exercise functions of the teacher's tutorial ``number`` (its solutions), defined
-    together so that those calling each other (numerical_vjp -> numerical_gradient) work."""
+    """The exercise functions of the teacher's tutorial ``number`` (its solutions) and the
+    functions their checks take, defined together so that those calling each other
+    (numerical_vjp -> numerical_gradient) work."""
     path = next(TUTORIALS.glob(f"{number:02d}_*.py"))
     source = path.read_text(encoding="utf-8")
-    names = {e.name for e in build.exercises(source) if e.kind == "exercise"}
+    names = {name for e in build.exercises(source) if e.kind == "exercise"     # and the forwards they are checked with
+             for name in [e.name, *(node.id for node in ast.walk(ast.parse(e.check)) if isinstance(node, ast.Name))]}
     tree = ast.parse(build.solution_source(source))
     functions = ast.Module([node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names],
                            type_ignores=[])
@@ -570,6 +572,67 @@ def test_measure():
     rejects(checks.check_measure, lambda *a: timed(*a, sync_before=False, reduce=np.mean), "BEFORE starting the clock")
 
 
+# ---------------------------------------------------------------------------- backward passes to derive
+def test_softmax_backward():
+    checks.check_softmax_backward(T1.softmax, T1.softmax_backward)
+    y = T1.softmax
+    rejects(lambda b: checks.check_softmax_backward(y, b), lambda g, x: g * y(x) * (1 - y(x)), "diagonal")
+    rejects(lambda b: checks.check_softmax_backward(y, b), lambda g, x: y(x) * (g - (g * y(x)).sum()), "wrong axis")
+    rejects(lambda b: checks.check_softmax_backward(y, b),
+            lambda g, x: y(x) * ((g * y(x)).sum(axis=1, keepdims=True) - g), "sign is flipped")
+    rejects(lambda b: checks.check_softmax_backward(lambda x: np.exp(x) / np.exp(x).sum(), b), T1.softmax_backward,
+            "forward function given in the tutorial")
+    rejects(lambda b: checks.check_softmax_backward(y, b), lambda g, x: g, "differs from central differences")
+
+
+def test_avg_pool_backward():
+    checks.check_avg_pool_backward(T3.avg_pool, T3.avg_pool_backward)
+    check = lambda b: checks.check_avg_pool_backward(T3.avg_pool, b)
+    rejects(check, lambda g, x, k, s: T3.avg_pool_backward(g, x, k, s) * k * k, "MEAN of k[*]k inputs")
+
+    def assigning(dout, x, k, stride):
+        ho, wo = dout.shape[2], dout.shape[3]
+        dx = np.zeros_like(x)
+        for i in range(k):
+            for j in range(k):
+                dx[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] = dout / (k * k)
+        return dx
+
+    rejects(check, assigning, r"use \+= ")
+    rejects(check, lambda g, x, k, s: F.avg_pool2d_backward(g, F.avg_pool2d_forward(x, k, s)[1]), "avg_pool2d_backward")
+
+
+def test_eps_normalize_backward():
+    checks.check_eps_normalize_backward(T4.eps_normalize, T4.eps_normalize_backward)
+    check = lambda b: checks.check_eps_normalize_backward(T4.eps_normalize, b)
+    rejects(check, lambda dy, v, eps: T4.l2_normalize_backward(dy, v), "exercise 1's formula")
+    rejects(check, lambda dy, v, eps: dy / np.sqrt((v * v).sum(axis=1, keepdims=True) + eps), "differentiate r")
+
+    def unit_projection(dy, v, eps):
+        r = np.sqrt((v * v).sum(axis=1, keepdims=True) + eps)
+        y = v / r
+        return (dy - y * (y * dy).sum(axis=1, keepdims=True)) / r
+
+    checks.check_eps_normalize_backward(T4.eps_normalize, unit_projection)   # the same formula, with r
+
+
+def test_am_softmax_wofn_backward():
+    checks.check_am_softmax_wofn_backward(T6.am_softmax_wofn, T6.am_softmax_wofn_backward)
+    check = lambda b: checks.check_am_softmax_wofn_backward(T6.am_softmax_wofn, b)
+
+    def without_margin_in_dnorm(cos, norms, labels, m):
+        dcos, _ = T6.am_softmax_wofn_backward(cos, norms, labels, m)
+        return dcos, (dcos / norms[:, None] * cos).sum(axis=1)
+
+    def without_norm_in_dcos(cos, norms, labels, m):
+        dcos, dnorms = T6.am_softmax_wofn_backward(cos, norms, labels, m)
+        return dcos / norms[:, None], dnorms
+
+    rejects(check, without_margin_in_dnorm, "c - m, not c")
+    rejects(check, without_norm_in_dcos, "factor r_n")
+    rejects(check, lambda cos, norms, labels, m: T6.am_softmax_wofn_backward(cos, norms, labels, m)[0], "tuple")
+
+
 # ---------------------------------------------------------------------------- inline questions
 def test_answers():
     checks.check_answer("01.forward_calls", 24)
@@ -611,6 +674,8 @@ def test_every_check_is_fed_a_wrong_answer():
     source = Path(__file__).read_text(encoding="utf-8")
     names = [name for name in dir(checks) if name.startswith("check_") and callable(getattr(checks, name))]
     untested = [name for name in names if f"rejects(checks.{name}," not in source
+                and f"rejects(lambda b: checks.{name}(" not in source
+                and f"check = lambda b: checks.{name}(" not in source
                 and not (name == "check_answer" and "checks.check_answer(" in source)]
     assert len(names) >= 30 and not untested, untested
 

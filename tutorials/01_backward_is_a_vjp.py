@@ -171,6 +171,32 @@ print(f"tanh backward vs central differences: relative error {rel_error(analytic
 assert rel_error(analytic, numeric) < 1e-7
 
 # %% [markdown]
+# ## 4. A backward to derive: softmax
+# $y = \mathrm{softmax}(x)$ row by row, $y_j = e^{x_j}/\sum_k e^{x_k}$. Unlike tanh, every output of a
+# row depends on every input of that row, so $J$ is not diagonal. Derive $J^\top g$ for one row
+# (write $\partial y_j/\partial x_i$ first, in terms of $y$), then write it for all rows at once,
+# without forming $J$. The check compares your backward with central differences of `softmax`.
+#
+# ### Exercise 4: softmax's backward
+
+# %%
+def softmax(x):
+    """Row-wise softmax of an (N, K) array."""
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dout, x):
+    """dout, x: (N, K) -> dL/dx for y = softmax(x)."""
+    ### BEGIN SOLUTION
+    y = softmax(x)
+    return y * (dout - (dout * y).sum(axis=1, keepdims=True))
+    ### END SOLUTION
+
+
+checks.check_softmax_backward(softmax, softmax_backward)
+
+# %% [markdown]
 # ## Summary
 # - `backward(dout)` returns $J^\top$ `dout`, the gradient of $\langle$`dout`$, f(x)\rangle$; the Jacobian is never formed.
 # - Central differences of that scalar give an independent estimate, at two forward calls per entry.

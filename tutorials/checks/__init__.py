@@ -15,12 +15,14 @@ wrong answers of the kinds its hints describe and must fail with that hint.
 """
 from .answers import check_answer
 from .common import CheckFailed, show
-from .tutorial01 import check_numerical_gradient, check_numerical_vjp, check_rel_error
+from .tutorial01 import check_numerical_gradient, check_numerical_vjp, check_rel_error, check_softmax_backward
 from .tutorial02 import check_crossed_kink, check_directional_derivative, check_fit_slope
-from .tutorial03 import check_col2im, check_im2col, check_linear_backward, check_max_pool_backward, check_prelu_backward
-from .tutorial04 import check_cosine_backward, check_l2_normalize_backward
+from .tutorial03 import (check_avg_pool_backward, check_col2im, check_im2col, check_linear_backward,
+                         check_max_pool_backward, check_prelu_backward)
+from .tutorial04 import check_cosine_backward, check_eps_normalize_backward, check_l2_normalize_backward
 from .tutorial05 import check_additive_margin, check_arcface_margin, check_combined_margin, check_sphereface_margin
-from .tutorial06 import check_am_softmax_backward, check_am_softmax_forward, margin_only_on_target_test
+from .tutorial06 import (check_am_softmax_backward, check_am_softmax_forward, check_am_softmax_wofn_backward,
+                         margin_only_on_target_test)
 from .tutorial07 import check_margin_arc
 from .tutorial08 import check_margin_ramp, check_smallest_scale, target_probability
 from .tutorial09 import (check_best_threshold, check_dir_at_far, check_eer, check_kfold_accuracy, check_roc,

@@ -151,3 +151,55 @@ def guarded(student, exercise, implementations):
                       "write it yourself from the formulas in the text (amnp is there to compare with)")
 
     return call
+
+
+def _numerical_vjp(forward, inputs, index, dout, h=1e-6):
+    """d<dout, forward(*inputs)>/d inputs[index] by central differences, entry by entry."""
+    x = inputs[index]
+    grad = np.zeros_like(x, dtype=np.float64)
+    for i in range(x.size):
+        original = x.flat[i]
+        try:
+            x.flat[i] = original + h
+            plus = float(np.sum(dout * np.asarray(forward(*inputs), dtype=np.float64)))
+            x.flat[i] = original - h
+            minus = float(np.sum(dout * np.asarray(forward(*inputs), dtype=np.float64)))
+        finally:
+            x.flat[i] = original
+        grad.flat[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def _check_derived(name, forward, backward, inputs, reference_forward, wrt, mistakes=(), rng=None):
+    """A backward pass the student derived, checked by central differences of the forward in
+    the tutorial (itself compared with ``reference_forward`` first).
+
+    ``backward(dout, *inputs)`` returns the gradient for each input named in ``wrt`` (a dict
+    {input index: name}; one gradient, or a tuple in that order); ``mistakes`` are (function
+    of (dout, *inputs) giving the same tuple, hint) pairs for known wrong derivations."""
+    rng = rng if rng is not None else _rng(name)
+    out = _as_float_array(forward(*[a.copy() for a in inputs]), "the forward's output")
+    want_out = np.asarray(reference_forward(*inputs), dtype=np.float64)
+    if out.shape != want_out.shape or not _close(out, want_out, rtol=1e-9, atol=1e-12):
+        _fail(f"{name}: the forward function given in the tutorial does not compute what the text says",
+              "the check differentiates that forward: restore it as it was")
+    dout = rng.standard_normal(want_out.shape)
+    before = [a.copy() for a in inputs]
+    got = backward(dout, *inputs)
+    for original, after in zip(before, inputs):
+        _unchanged(original, after, "an input", "compute on copies; the caller still needs its arrays")
+    got = (got,) if len(wrt) == 1 and not isinstance(got, tuple) else got
+    got = _expect_tuple(got, tuple(wrt.values()), name)
+    numeric = [_numerical_vjp(forward, [a.copy() for a in inputs], index, dout) for index in wrt]
+    results = [_expect_shape(g, inputs[index].shape, what) for g, (index, what) in zip(got, wrt.items())]
+    if all(_close(g, n, rtol=1e-5, atol=1e-8) for g, n in zip(results, numeric)):
+        _ok(name, "agrees with central differences of the forward")
+        return
+    for mistake, hint in mistakes:
+        wrong = mistake(dout, *inputs)
+        wrong = (wrong,) if not isinstance(wrong, tuple) else wrong
+        if all(_close(g, w, rtol=1e-7, atol=1e-10) for g, w in zip(results, wrong)):
+            _fail(f"{name}: your gradient differs from central differences of the forward", hint)
+    bad = [(what, _worst(g, n)) for g, n, what in zip(results, numeric, wrt.values()) if not _close(g, n, 1e-5, 1e-8)]
+    _fail(f"{name}: {bad[0][0]} differs from central differences of the forward (relative error {bad[0][1]:.1e})",
+          "derive it again step by step, and compare each step with central differences")

@@ -7,7 +7,7 @@ import numpy as np
 
 from amnp import gradcheck
 
-from .common import _as_number, _close, _expect_shape, _fail, _ok, _rng, _unchanged, _worst, guarded
+from .common import _as_number, _check_derived, _close, _expect_shape, _fail, _ok, _rng, _unchanged, _worst, guarded
 
 # amnp's own versions of this tutorial's exercises: an answer that calls one scores 0
 IMPLEMENTATIONS = (gradcheck.numerical_gradient, gradcheck.rel_error, gradcheck.check_function)
@@ -127,3 +127,28 @@ def check_numerical_vjp(numerical_vjp):
     _fail(f"relative error {_worst(got, want):.1e} against the exact vector-Jacobian product")
 
 
+
+
+def check_softmax_backward(softmax, softmax_backward):
+    """softmax_backward(dout, x) -> dL/dx for y = softmax(x) row by row, checked against central
+    differences of ``softmax`` (the forward in the tutorial)."""
+    softmax_backward = guarded(softmax_backward, "softmax_backward", IMPLEMENTATIONS)
+    x = _rng("softmax").standard_normal((3, 5))
+
+    def reference(x):
+        z = np.exp(x - x.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def y(x):
+        return reference(x)
+
+    _check_derived("softmax_backward", softmax, softmax_backward, [x], reference, {0: "dx"}, [
+        (lambda g, x: g * y(x) * (1 - y(x)),
+         "that is only the Jacobian's diagonal: y_j depends on every x_i of its row, "
+         "dy_j/dx_i = y_j ([i = j] - y_i)"),
+        (lambda g, x: y(x) * (g - (g * y(x)).sum()),
+         "wrong axis: the sum <g, y> is one number per row (axis=1, keepdims=True), not one for the batch"),
+        (lambda g, x: y(x) * ((g * y(x)).sum(axis=1, keepdims=True) - g), "the sign is flipped"),
+        (lambda g, x: g * y(x) - y(x) * g.sum(axis=1, keepdims=True),
+         "the row sum weighs g by y: J^T g = y * (g - sum_j g_j y_j)"),
+    ])

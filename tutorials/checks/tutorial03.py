@@ -8,7 +8,8 @@ import numpy as np
 from amnp import functional as F
 from amnp.functional import conv_channels_last
 
-from .common import _as_float_array, _close, _expect_shape, _expect_tuple, _fail, _ok, _rng, _worst, guarded
+from .common import (_as_float_array, _check_derived, _close, _expect_shape, _expect_tuple, _fail, _ok, _rng,
+                     _worst, guarded)
 
 # amnp's own versions of this tutorial's exercises: an answer that calls one scores 0
 IMPLEMENTATIONS = (F.linear_backward, F.prelu_backward, F.im2col, F.col2im, F.conv2d_backward,
@@ -176,3 +177,32 @@ def check_max_pool_backward(max_pool_backward):
     _ok("max_pool_backward")
 
 
+
+
+def check_avg_pool_backward(avg_pool, avg_pool_backward):
+    """avg_pool_backward(dout, x, k, stride) -> dx, checked against central differences of
+    ``avg_pool`` (the forward in the tutorial), with overlapping and with disjoint windows."""
+    avg_pool_backward = guarded(avg_pool_backward, "avg_pool_backward", IMPLEMENTATIONS)
+    rng = _rng("avgpool")
+    for k, s in ((3, 2), (2, 2)):
+        x = rng.standard_normal((2, 2, 6, 6))
+
+        def spread(g, x, k=k, s=s, share=1.0, accumulate=True):
+            ho, wo = g.shape[2], g.shape[3]
+            dx = np.zeros_like(x)
+            for i in range(k):
+                for j in range(k):
+                    window = (slice(None), slice(None), slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
+                    if accumulate:
+                        dx[window] += g * share
+                    else:
+                        dx[window] = g * share
+            return dx
+
+        _check_derived(f"avg_pool_backward (kernel {k}, stride {s})", lambda x, k=k, s=s: avg_pool(x, k, s),
+                       lambda g, x, k=k, s=s: avg_pool_backward(g, x, k, s), [x],
+                       lambda x, k=k, s=s: F.avg_pool2d_forward(x, k, s)[0], {0: "dx"}, [
+            (lambda g, x: spread(g, x), "each output is the MEAN of k*k inputs: each input gets 1/(k*k) of its dout"),
+            (lambda g, x: spread(g, x, share=1 / (k * k), accumulate=False),
+             "use += : a pixel in several overlapping windows gets a share from each"),
+        ], rng=rng)

@@ -7,7 +7,7 @@ import numpy as np
 
 from amnp import functional as F
 
-from .common import _close, _expect_shape, _expect_tuple, _fail, _ok, _rng, _worst, guarded
+from .common import _check_derived, _close, _expect_shape, _expect_tuple, _fail, _ok, _rng, _worst, guarded
 
 # amnp's own versions of this tutorial's exercises: an answer that calls one scores 0
 IMPLEMENTATIONS = (F.l2_normalize_backward, F.cosine_backward)
@@ -64,3 +64,25 @@ def check_cosine_backward(cosine_backward):
     _ok("cosine_backward", "exact gradients for x and W")
 
 
+
+
+def check_eps_normalize_backward(eps_normalize, eps_normalize_backward):
+    """eps_normalize_backward(dy, v, eps) -> dv for y = v / sqrt(||v||^2 + eps), checked against
+    central differences of ``eps_normalize`` (the forward in the tutorial), at a large eps."""
+    eps_normalize_backward = guarded(eps_normalize_backward, "eps_normalize_backward", IMPLEMENTATIONS)
+    rng = _rng("epsnorm")
+    eps = 0.5
+    v = rng.standard_normal((4, 3)) * rng.uniform(0.3, 2, (4, 1))
+    norm = lambda v: np.linalg.norm(v, axis=1, keepdims=True)
+    r = lambda v: np.sqrt(norm(v) ** 2 + eps)
+
+    def projected(g, v, length):
+        u = v / length
+        return (g - u * (u * g).sum(axis=1, keepdims=True)) / length
+
+    _check_derived("eps_normalize_backward", lambda v: eps_normalize(v, eps),
+                   lambda g, v: eps_normalize_backward(g, v, eps), [v], lambda v: v / r(v), {0: "dv"}, [
+        (lambda g, v: projected(g, v, norm(v)),
+         "that is exercise 1's formula for eps = 0: with eps, r = sqrt(||v||^2 + eps) replaces ||v|| everywhere"),
+        (lambda g, v: g / r(v), "y = v / r(v) and r depends on v too: differentiate r as well"),
+    ], rng=rng)

@@ -8,7 +8,8 @@ import numpy as np
 from amnp import functional as F
 from amnp import losses
 
-from .common import _as_number, _close, _expect_shape, _fail, _ok, _rng, _unchanged, _worst, guarded
+from .common import (_as_number, _check_derived, _close, _expect_shape, _expect_tuple, _fail, _ok, _rng,
+                     _unchanged, _worst, guarded)
 
 # amnp's own versions of this tutorial's exercises: an answer that calls one scores 0
 IMPLEMENTATIONS = (F.am_softmax_forward, F.am_softmax_backward, F.margin_softmax_forward, F.margin_softmax_backward,
@@ -96,3 +97,41 @@ def margin_only_on_target_test(loss_fn, s=30.0, m=0.35, num_classes=10):
     return float(loss_fn(cos, labels, m, s, False)), math.log(num_classes - 1 + math.exp(-s * m)) + s * m
 
 
+
+
+def check_am_softmax_wofn_backward(am_softmax_wofn, am_softmax_wofn_backward):
+    """am_softmax_wofn_backward(cos, norms, labels, m) -> (dL/dcos, dL/dnorms), checked against
+    central differences of ``am_softmax_wofn`` (the forward in the tutorial)."""
+    am_softmax_wofn_backward = guarded(am_softmax_wofn_backward, "am_softmax_wofn_backward", IMPLEMENTATIONS)
+    cos, labels = _am_inputs("wofn")
+    norms = _rng("wofn norms").uniform(2.0, 6.0, len(labels))
+    m, rows, n = 0.35, np.arange(len(labels)), len(labels)
+
+    def margin_logits(cos, norms):
+        t = cos.copy()
+        t[rows, labels] -= m
+        return norms[:, None] * t, t
+
+    def reference(cos, norms):
+        return F.softmax_cross_entropy_forward(margin_logits(cos, norms)[0], labels)[0]
+
+    def dz(cos, norms):
+        """dL/dz = (softmax(z) - onehot) / N."""
+        z = margin_logits(cos, norms)[0]
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[rows, labels] -= 1
+        return p / n
+
+    def scaled(g, pair):
+        return tuple(g * part for part in pair)
+
+    _check_derived("am_softmax_wofn_backward", lambda cos, norms: am_softmax_wofn(cos, norms, labels, m),
+                   lambda g, cos, norms: scaled(g, _expect_tuple(am_softmax_wofn_backward(cos, norms, labels, m),
+                                                                 ("dcos", "dnorms"), "am_softmax_wofn_backward")),
+                   [cos, norms], reference, {0: "dcos", 1: "dnorms"}, [
+        (lambda g, cos, norms: scaled(g, (norms[:, None] * dz(cos, norms), (dz(cos, norms) * cos).sum(axis=1))),
+         "z = r (c - m onehot): the target column's factor in dL/dr is c - m, not c"),
+        (lambda g, cos, norms: scaled(g, (dz(cos, norms), (dz(cos, norms) * margin_logits(cos, norms)[1]).sum(axis=1))),
+         "the chain rule brings each row's factor r_n into dL/dc"),
+    ])
