@@ -233,6 +233,16 @@ def test_a_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     assert any("image/png" in output.get("data", {}) for output in outputs), "no figure shown inline"
 
 
+def test_no_text_describes_the_old_checks_module():
+    """The checks are a package now, the student build does not show the answers, and DIR@FAR
+    has no fallback reference in the checks."""
+    stale = [r"reference in `checks\.py`", r"`checks\.py` holds", r"otherwise with the\s+reference",
+             r"where\s+this version of amnp has it", r"when amnp has it"]
+    for path in [TUTORIALS / "README.md", TUTORIALS / "STUDENTS.md", *build.tutorial_files()]:
+        text = path.read_text(encoding="utf-8")
+        assert not [p for p in stale if re.search(p, text.replace("# ", ""))], path.name
+
+
 def test_derivation_anchors_exist():
     """Every docs/derivations.md#anchor the tutorials (and amnp) point to is defined there."""
     doc = (ROOT / "docs" / "derivations.md").read_text(encoding="utf-8")
