@@ -127,8 +127,6 @@ def check_numerical_vjp(numerical_vjp):
     _fail(f"relative error {_worst(got, want):.1e} against the exact vector-Jacobian product")
 
 
-
-
 def check_softmax_backward(softmax, softmax_backward):
     """softmax_backward(dout, x) -> dL/dx for y = softmax(x) row by row, checked against central
     differences of ``softmax`` (the forward in the tutorial)."""

@@ -1,8 +1,6 @@
 """Checks of Tutorial 3: layers by hand."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from amnp import functional as F
@@ -177,8 +175,6 @@ def check_max_pool_backward(max_pool_backward):
     _ok("max_pool_backward")
 
 
-
-
 def check_avg_pool_backward(avg_pool, avg_pool_backward):
     """avg_pool_backward(dout, x, k, stride) -> dx, checked against central differences of
     ``avg_pool`` (the forward in the tutorial), with overlapping and with disjoint windows."""
@@ -192,7 +188,8 @@ def check_avg_pool_backward(avg_pool, avg_pool_backward):
             dx = np.zeros_like(x)
             for i in range(k):
                 for j in range(k):
-                    window = (slice(None), slice(None), slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
+                    window = (slice(None), slice(None), slice(i, i + s * (ho - 1) + 1, s),
+                              slice(j, j + s * (wo - 1) + 1, s))
                     if accumulate:
                         dx[window] += g * share
                     else:

@@ -1,8 +1,6 @@
 """Checks of Tutorial 4: the cosine layer."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from amnp import functional as F
@@ -62,8 +60,6 @@ def check_cosine_backward(cosine_backward):
             _fail("dx is dL/dx_hat", "pass it back through the feature normalisation too")
         _fail(f"dx: relative error {_worst(dx, want_dx):.1e}")
     _ok("cosine_backward", "exact gradients for x and W")
-
-
 
 
 def check_eps_normalize_backward(eps_normalize, eps_normalize_backward):

@@ -97,8 +97,6 @@ def margin_only_on_target_test(loss_fn, s=30.0, m=0.35, num_classes=10):
     return float(loss_fn(cos, labels, m, s, False)), math.log(num_classes - 1 + math.exp(-s * m)) + s * m
 
 
-
-
 def check_am_softmax_wofn_backward(am_softmax_wofn, am_softmax_wofn_backward):
     """am_softmax_wofn_backward(cos, norms, labels, m) -> (dL/dcos, dL/dnorms), checked against
     central differences of ``am_softmax_wofn`` (the forward in the tutorial)."""
