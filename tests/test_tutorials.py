@@ -6,6 +6,7 @@ tutorials/README.md are tested too.
 All tutorials run once per session, as separate interpreters (as a student would run
 them), two at a time; the tests below read their results.
 """
+import json
 import math
 import os
 import re
@@ -79,7 +80,7 @@ def test_student_version_stops_at_the_first_exercise(runs, name):
     done, _ = runs[("student", name)]
     assert done.returncode != 0, f"the student version of {name} ran to the end"
     last = done.stderr.strip().splitlines()[-1]
-    assert re.match(r'NotImplementedError: exercise 1: \w', last), f"{name}: {last}"
+    assert re.match(r'NotImplementedError: (exercise|inline question) 1: \w', last), f"{name}: {last}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -111,7 +112,7 @@ def test_strip_solutions_replaces_each_block_at_its_indentation():
     student, count = build.strip_solutions(source)
     assert count == 2
     assert '    raise NotImplementedError("exercise 1: implement f")\n' in student
-    assert 'raise NotImplementedError("exercise 2: set answer")\ncheck(answer)\n' in student
+    assert 'raise NotImplementedError("inline question 1: set answer")\ncheck(answer)\n' in student
     assert "2 * x" not in student and "'b'" not in student and "SOLUTION" not in student
     teacher = build.solution_source(source)
     assert "2 * x" in teacher and "SOLUTION" not in teacher
@@ -130,12 +131,80 @@ def test_strip_solutions_refuses_unbalanced_markers(broken, message):
 def test_student_build_compiles_and_ships_the_checks(tmp_path):
     written = build.build_student(tmp_path)
     assert [p.name for p in written] == NAMES
-    assert (tmp_path / "checks.py").is_file()
     for path in written:
         text = path.read_text(encoding="utf-8")
         compile(text, str(path), "exec")
         markers = [line for line in text.splitlines() if line.strip() in (build.BEGIN, build.END)]
-        assert not markers and 'NotImplementedError("exercise 1: ' in text, path.name
+        assert not markers and re.search(r'NotImplementedError\("(exercise|inline question) 1: ', text), path.name
+    assert sorted(p.name for p in (tmp_path / "checks").glob("tutorial*.py")) == [f"tutorial{i:02d}.py"
+                                                                                   for i in range(1, 11)]
+    assert (tmp_path / "README.md").read_text(encoding="utf-8").startswith("# amnp tutorials: your copy")
+
+
+def test_the_student_build_does_not_show_the_inline_answers(tmp_path):
+    build.build_student(tmp_path)
+    shipped = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "checks").glob("*.py"))
+    for giveaway in ("1/3000 = 3.3e-4", "eps^(1/3) ~ 5e-3", "about 9.5 degrees", 'answer="b"', "9.513"):
+        assert giveaway not in shipped
+    # ... and its checks still know them
+    done = subprocess.run([sys.executable, "-c", "import checks; checks.check_answer('09.far_resolution', 3.3e-4)"],
+                          cwd=tmp_path, capture_output=True, text=True, env=environment(tmp_path))
+    assert done.returncode == 0 and "[ok] question 09.far_resolution: 1/3000" in done.stdout, done.stderr
+
+
+def test_the_student_build_links_to_its_own_derivations(tmp_path):
+    build.build_student(tmp_path)
+    doc = (tmp_path / "docs" / "derivations.md").read_text(encoding="utf-8")
+    defined = set(re.findall(r'<a id="([\w-]+)"></a>', doc))
+    links = [(path.name, *link) for path in tmp_path.glob("[0-9][0-9]_*.py")
+             for link in re.findall(r"\]\(([^)#]*derivations\.md)#([\w-]+)\)", path.read_text(encoding="utf-8"))]
+    assert len({name for name, *_ in links}) >= 8
+    for name, target, anchor in links:
+        assert (tmp_path / target).is_file() and anchor in defined, (name, target, anchor)
+
+
+def exercise_headings(source):
+    """(kind, number) of the "### Exercise N" and "**Inline question N.**" headings the text
+    puts before each solution block."""
+    headings = re.compile(r"^# (?:### Exercise (\d+)|\*\*Inline question (\d+)\.\*\*)")
+    found, current = [], None
+    for line in source.splitlines():
+        match = headings.match(line)
+        if match:
+            current = ("exercise", int(match.group(1))) if match.group(1) else ("inline question", int(match.group(2)))
+        if line.strip() == build.BEGIN:
+            found.append(current)
+            current = None
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exercise_numbers_agree_with_the_text(name):
+    source = (TUTORIALS / name).read_text(encoding="utf-8")
+    numbered = [(e.kind, e.number) for e in build.exercises(source)]
+    assert exercise_headings(source) == numbered
+
+
+def test_notebooks_have_no_outputs_no_solutions_and_nbgrader_cells(tmp_path):
+    notebooks = build.to_notebooks(build.build_student(tmp_path / "student"))
+    for path in notebooks:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        code = [line.strip() for cell in cells if cell["cell_type"] == "code" for line in cell["source"]]
+        assert build.BEGIN not in code and build.END not in code, path.name
+        assert all(cell.get("outputs", []) == [] for cell in cells)
+        graded = [cell for cell in cells if cell["metadata"].get("nbgrader", {}).get("grade")]
+        solutions = [cell for cell in cells if cell["metadata"].get("nbgrader", {}).get("solution")]
+        script = path.with_suffix(".py").read_text(encoding="utf-8")
+        expected = len(build.exercises((TUTORIALS / path.with_suffix(".py").name).read_text(encoding="utf-8")))
+        assert len(graded) == len(solutions) == expected and script.count("raise NotImplementedError(\"") == expected
+        assert all("".join(cell["source"]).startswith("checks.check_") for cell in graded)
+        headings = [ln for cell in cells if cell["cell_type"] == "markdown" for ln in cell["source"]
+                    if ln.startswith("# ")]
+        assert len(headings) == 1, (path.name, headings)       # the title is the only top-level heading
+    teacher = build.to_notebooks(build.build_solutions(tmp_path / "source", keep_markers=True))
+    cells = json.loads(teacher[2].read_text(encoding="utf-8"))["cells"]
+    solution = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("solution"))
+    assert build.BEGIN in [line.strip() for line in solution["source"]]   # nbgrader's source version keeps them
 
 
 def test_notebooks_convert_both_ways(tmp_path):
@@ -162,6 +231,16 @@ def test_a_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert "[ok] arcface_margin" in "".join(output.get("text", "") for output in outputs)
     assert any("image/png" in output.get("data", {}) for output in outputs), "no figure shown inline"
+
+
+def test_no_text_describes_the_old_checks_module():
+    """The checks are a package now, the student build does not show the answers, and DIR@FAR
+    has no fallback reference in the checks."""
+    stale = [r"reference in `checks\.py`", r"`checks\.py` holds", r"otherwise with the\s+reference",
+             r"where\s+this version of amnp has it", r"when amnp has it"]
+    for path in [TUTORIALS / "README.md", TUTORIALS / "STUDENTS.md", *build.tutorial_files()]:
+        text = path.read_text(encoding="utf-8")
+        assert not [p for p in stale if re.search(p, text.replace("# ", ""))], path.name
 
 
 def test_derivation_anchors_exist():

@@ -139,7 +139,7 @@ dx2, _, _ = F.linear_backward(2 * dout, cache)
 print("dx(2 dout) / dx(dout) =", np.round(dx2 / dx, 12).ravel()[:4], "...")
 
 # %% [markdown]
-# **Inline question 1.** By what factor did `dx` change? (a number)
+# **Inline question 1.** By what factor did `dx` change? (a number, within 1e-9)
 
 # %%
 ### BEGIN SOLUTION
@@ -149,6 +149,7 @@ checks.check_answer("01.double_dout", answer_double_dout)
 
 # %% [markdown]
 # **Inline question 2.** How many calls of `f` does `numerical_vjp` make for an `x` with 12 entries?
+# (a whole number)
 
 # %%
 ### BEGIN SOLUTION
@@ -168,6 +169,32 @@ analytic = g * (1 - np.tanh(x) ** 2)
 numeric = numerical_vjp(np.tanh, x, g)
 print(f"tanh backward vs central differences: relative error {rel_error(analytic, numeric):.1e}")
 assert rel_error(analytic, numeric) < 1e-7
+
+# %% [markdown]
+# ## 4. A backward to derive: softmax
+# $y = \mathrm{softmax}(x)$ row by row, $y_j = e^{x_j}/\sum_k e^{x_k}$. Unlike tanh, every output of a
+# row depends on every input of that row, so $J$ is not diagonal. Derive $J^\top g$ for one row
+# (write $\partial y_j/\partial x_i$ first, in terms of $y$), then write it for all rows at once,
+# without forming $J$. The check compares your backward with central differences of `softmax`.
+#
+# ### Exercise 4: softmax's backward
+
+# %%
+def softmax(x):
+    """Row-wise softmax of an (N, K) array."""
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dout, x):
+    """dout, x: (N, K) -> dL/dx for y = softmax(x)."""
+    ### BEGIN SOLUTION
+    y = softmax(x)
+    return y * (dout - (dout * y).sum(axis=1, keepdims=True))
+    ### END SOLUTION
+
+
+checks.check_softmax_backward(softmax, softmax_backward)
 
 # %% [markdown]
 # ## Summary

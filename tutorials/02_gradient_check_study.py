@@ -153,8 +153,11 @@ fig = Figure(figsize=(6, 4.2))
 ax = fig.subplots()
 for name, marker in (("float64", "o"), ("float32", "s")):
     ax.loglog(steps, errors[name], marker=marker, label=name)
-ax.loglog(steps[:4], errors["float64"][0] * (steps[:4] / steps[0]) ** 2, "k:", label=f"fit {truncation:+.2f} (truncation)")
-ax.loglog(steps[5:], errors["float64"][-1] * (steps[-1] / steps[5:]), "k--", label=f"fit {rounding:+.2f} (rounding)")
+# each fitted line drawn with its fitted slope, through the last point of its arm
+ax.loglog(steps[:4], errors["float64"][3] * (steps[:4] / steps[3]) ** truncation, "k:",
+          label=f"fit {truncation:+.2f} (truncation)")
+ax.loglog(steps[5:], errors["float64"][-1] * (steps[5:] / steps[-1]) ** rounding, "k--",
+          label=f"fit {rounding:+.2f} (rounding)")
 ax.axhline(RTOL, color="gray", linewidth=0.8)
 ax.invert_xaxis()
 ax.set_xlabel("step h (smaller to the right)")
@@ -169,6 +172,8 @@ checks.show(os.path.join(OUT, "02_h_sweep.png"))
 # %% [markdown]
 # **Inline question 1.** Which $h$ minimises the float32 error in theory?
 # (a) 1e-8  (b) 1e-6  (c) 5e-3  (d) 0.1
+#
+# Answer with the letter as a string, e.g. `'b'`.
 
 # %%
 ### BEGIN SOLUTION
@@ -248,6 +253,8 @@ print(f"gradient entries from {grad.min():.1e} to {grad.max():.1e}; "
 # **Inline question 2.** The check says `ok` next to a large relative error. Why?
 # (a) the gradient is wrong in a few entries (b) many entries are ~1e-10, so the relative error
 # compares rounding noise with almost nothing (c) h is too large for s = 30
+#
+# Answer with the letter as a string, e.g. `'b'`.
 
 # %%
 ### BEGIN SOLUTION

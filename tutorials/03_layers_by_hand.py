@@ -196,9 +196,11 @@ for k, s, p in ((3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 1)):
           + ("CAUGHT" if err > 1e-6 else "not caught ('=' and '+=' agree)"))
 
 # %% [markdown]
-# **Inline question.** Why does no check catch the bug with stride ≥ kernel?
+# **Inline question 1.** Why does no check catch the bug with stride ≥ kernel?
 # (a) the check's h is too large (b) every pixel belongs to at most one window, so '=' and '+='
 # do the same (c) padding hides it
+#
+# Answer with the letter as a string, e.g. `'b'` (in quotes: a bare `b` is the bias array above).
 
 # %%
 ### BEGIN SOLUTION
@@ -233,6 +235,36 @@ def max_pool_backward(dout, x, k, stride):
 
 
 checks.check_max_pool_backward(max_pool_backward)
+
+# %% [markdown]
+# ## 7. A backward to derive: average pooling
+# Average pooling outputs the mean of each $k \times k$ window (stride `stride`, no padding), as
+# `avg_pool` below computes. Work out which inputs each output depends on, and how strongly, then
+# write the backward. Mind windows that overlap.
+#
+# ### Exercise 6: average pooling's backward
+
+# %%
+def avg_pool(x, k, stride):
+    """x: (N, C, H, W) -> the mean of each k x k window."""
+    ho, wo = (x.shape[2] - k) // stride + 1, (x.shape[3] - k) // stride + 1
+    return sum(x[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+               for i in range(k) for j in range(k)) / (k * k)
+
+
+def avg_pool_backward(dout, x, k, stride):
+    """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W)."""
+    ### BEGIN SOLUTION
+    ho, wo = dout.shape[2], dout.shape[3]
+    dx = np.zeros_like(x)
+    for i in range(k):
+        for j in range(k):
+            dx[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += dout / (k * k)
+    return dx
+    ### END SOLUTION
+
+
+checks.check_avg_pool_backward(avg_pool, avg_pool_backward)
 
 # %% [markdown]
 # ## Summary

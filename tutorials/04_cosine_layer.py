@@ -72,7 +72,7 @@ print("row-wise <v, dL/dv>:", np.round((v * dv).sum(axis=1), 14))
 
 # %% [markdown]
 # **Inline question 1.** So, in words: a gradient step on $v$ moves it along the sphere of its
-# current radius (to first order). What is the number you just saw, exactly?
+# current radius (to first order). What is the number you just saw, exactly? (a number, within 1e-9)
 
 # %%
 ### BEGIN SOLUTION
@@ -138,12 +138,37 @@ print("share of each row's Caffe gradient that is radial (|cos| with w_j):", np.
 print(f"relative error of the Caffe gradient against the true dL/dW: {rel_error(caffe, dw):.2f}")
 
 # %% [markdown]
+# ## 4. A backward to derive: the ε-norm
+# amnp normalises with $y = v/\sqrt{\lVert v\rVert^2 + \varepsilon}$, which stays finite at $v = 0$. Then $y$
+# is no longer a unit vector. Derive $\partial L/\partial v$ for one row, with
+# $r = \sqrt{\lVert v\rVert^2 + \varepsilon}$, and write it for all rows; then see whether exercise 1's
+# formula survives, and with which length. The check uses a large ε, where the difference shows.
+#
+# ### Exercise 3: the backward of the ε-norm
+
+# %%
+def eps_normalize(v, eps):
+    """Rows of v divided by sqrt(||v||^2 + eps)."""
+    return v / np.sqrt((v * v).sum(axis=1, keepdims=True) + eps)
+
+
+def eps_normalize_backward(dy, v, eps):
+    """dy, v: (N, D) -> dv: (N, D)."""
+    ### BEGIN SOLUTION
+    r = np.sqrt((v * v).sum(axis=1, keepdims=True) + eps)
+    return dy / r - v * (v * dy).sum(axis=1, keepdims=True) / r ** 3
+    ### END SOLUTION
+
+
+checks.check_eps_normalize_backward(eps_normalize, eps_normalize_backward)
+
+# %% [markdown]
 # ## Summary
 # - $\partial(v/\lVert v\rVert)/\partial v$ projects out the radial part and divides by $\lVert v\rVert$.
 # - The cosine layer's gradient for $W$ goes through each row's normalisation; returning $\partial L/\partial\hat W$ is a different (Caffe) update rule.
 # - Normalised parameters grow under plain gradient steps, and their effective learning rate shrinks as $1/\lVert w\rVert^2$.
 #
 # ## Open exercises
-# 1. Add the ε of amnp's ε-norm, $\sqrt{\sum v^2 + \varepsilon}$, and show the gradient formula still holds exactly with $\lVert v\rVert_\varepsilon$.
+# 1. Exercise 1's formula with $\lVert v\rVert$ where exercise 3 has $r$: for ε = 1e-12, below which $\lVert v\rVert$ is it off by more than 1e-5 (relative)?
 # 2. Without feature normalisation (the paper's "w/o FN"), $z = \lVert x\rVert\cos\theta$. Derive $\partial L/\partial x$ and check it with `numerical_gradient`.
 # 3. Show that with weight decay λ and learning rate η, $\lVert w\rVert$ settles where growth and decay balance. Estimate it.

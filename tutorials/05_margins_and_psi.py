@@ -64,7 +64,8 @@ checks.check_additive_margin(additive_margin)
 # Once $\theta + m > \pi$, $\cos(\theta + m)$ turns back **up**: moving away from the class would
 # raise the target logit. insightface falls back to $c - m\sin m$ there ($d\psi/dc = 1$).
 #
-# **Inline question 1.** Below which target cosine does the fallback apply, for $m = 0.5$? (a number)
+# **Inline question 1.** Below which target cosine does the fallback apply, for $m = 0.5$?
+# (a number, to 3 decimals)
 
 # %%
 ### BEGIN SOLUTION
@@ -178,6 +179,11 @@ else:
 # A-Softmax's curve is far below the others for most angles (that is why it needs annealing with
 # $\lambda$); AM-Softmax shifts the whole curve down by $m$; ArcFace's penalty is largest near 90°
 # and vanishes near 0°, and with the fallback it stays monotone up to 180°; the combined margin has no fallback and turns back up near 180° (see the table).
+#
+# ArcFace's curve jumps down near 151°: that is $\theta = \pi - m$ with $m = 0.5$ (151.4°), where the
+# fallback takes over. Just before it $\psi = \cos(\theta + m) \to \cos\pi = -1$; from there on
+# $\psi = c - m\sin m = -\cos m - m\sin m = -1.117$. insightface accepts the jump: the fallback only
+# has to keep $\psi$ falling, and a jump down still rewards moving the feature towards its class.
 #
 # ## Summary
 # - Every margin loss is one ψ(c) and its derivative; the rest of the loss is shared.

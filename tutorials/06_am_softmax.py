@@ -43,6 +43,7 @@ rng = np.random.default_rng(6)
 # Only the target column moves. Compute log-softmax as $z - \max z - \log\sum e^{z - \max z}$: with
 # $s = 30$ probabilities underflow, and $\log$ of an underflowed 0 is $-\infty$.
 # With `conditional=True` (the authors' Caffe rule) subtract $m$ only in rows where $c_{ny} > m$.
+# Leave `cos` as it is: the caller (a gradient check, say) still needs it.
 #
 # ### Exercise 1
 
@@ -130,6 +131,8 @@ print(f"buggy loss {every_column_forward(cos, labels, 0.35, 30.0):.4f}, margin-f
 # (a) h is too large to see the margin (b) the margin is too small at s = 30
 # (c) softmax is shift invariant: the buggy forward is exactly the margin-free loss, and its
 # backward is that loss's exact gradient (d) central differences cannot see constants
+#
+# Answer with the letter as a string, e.g. `'b'`.
 
 # %%
 ### BEGIN SOLUTION
@@ -160,12 +163,49 @@ for target in (0.35 - 1e-6, 0.35 + 1e-6):
     print(f"c_y = {target:.6f}: conditional loss {am_softmax_forward(row, np.array([0]), 0.35, 30.0, True):.4f}")
 
 # %% [markdown]
+# ## 5. A backward to derive: without feature normalisation
+# The paper's "w/o FN" variant does not normalise the features: the feature norm takes the place
+# of the scale, $z_{nj} = r_n\,(c_{nj} - m[j = y_n])$ with $r_n = \lVert f_n\rVert$, and $L$ is the
+# mean cross-entropy as before (`am_softmax_wofn` below). Derive $\partial L/\partial c$ and
+# $\partial L/\partial r$ (one number per row).
+#
+# ### Exercise 3: the gradient without feature normalisation
+
+# %%
+def am_softmax_wofn(cos, norms, labels, m):
+    """cos: (N, C), norms: (N,) -> the mean loss of the logits norms * (cos - m onehot)."""
+    rows = np.arange(len(labels))
+    t = cos.astype(np.float64).copy()
+    t[rows, labels] -= m
+    z = norms[:, None] * t
+    z -= z.max(axis=1, keepdims=True)
+    return float(-(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))[rows, labels].mean())
+
+
+def am_softmax_wofn_backward(cos, norms, labels, m):
+    """-> (dL/dcos (N, C), dL/dnorms (N,))."""
+    ### BEGIN SOLUTION
+    n, rows = len(labels), np.arange(len(labels))
+    t = cos.astype(np.float64).copy()
+    t[rows, labels] -= m
+    z = norms[:, None] * t
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[rows, labels] -= 1
+    p /= n
+    return norms[:, None] * p, (p * t).sum(axis=1)
+    ### END SOLUTION
+
+
+checks.check_am_softmax_wofn_backward(am_softmax_wofn, am_softmax_wofn_backward)
+
+# %% [markdown]
 # ## Summary
 # - AM-Softmax is softmax cross-entropy on $s(c - m\,\text{onehot}(y))$; its gradient is $s(p - \text{onehot})/N$, no arccos.
 # - Stable: subtract the row max, compute log-softmax.
 # - Gradient checks verify consistency, not correctness of the forward: pin the forward's value with a known case (the loss at cos = 0).
 #
 # ## Open exercises
-# 1. Write the loss "without feature normalisation": $z = \lVert f\rVert(c - m[j = y])$, and its gradient with respect to $\lVert f\rVert$.
+# 1. Exercise 3 stops at $\partial L/\partial c$ and $\partial L/\partial r$. Combine them with the cosine layer of tutorial 4 into $\partial L/\partial f$, and check it with `numerical_gradient`.
 # 2. With $m = 0.35$, $s = 30$ and $C = 10516$, what is the loss at initialisation? What does a loss stuck at 87.34 mean?
 # 3. Write a test that catches "margin added to every column except the target" (a sign bug). Does the cos = 0 test catch it?

@@ -49,6 +49,8 @@ NUM_CLASSES, IMAGE_SIZE, S, MARGIN = 6, 16, 10.0, 0.35
 CFG = (dict(train_per_class=30, test_per_class=10, steps=40, batch_size=32) if QUICK else
        dict(train_per_class=300, test_per_class=50, steps=1500, batch_size=64))
 PALETTE = colormaps["tab10"]
+# quick mode trains too little for the classes to separate: the figures say so
+CAVEAT = f"quick mode, {CFG['steps']} steps: not trained enough to separate the classes" if QUICK else ""
 started = time.perf_counter()
 
 # %% [markdown]
@@ -60,7 +62,7 @@ started = time.perf_counter()
 #
 # ### Exercise 1
 # `margin_arc(C, m)`: the half-width in degrees of the arc around a centre where the margin is
-# met (0 if nowhere). Hint: $\cos t - \cos(g - t) = 2\sin(g/2)\sin(t - g/2)$... or bisect.
+# met (0 if nowhere). Hint: $\cos t - \cos(g - t) = 2\sin(g/2)\sin(g/2 - t)$... or bisect.
 
 # %%
 def margin_arc(num_classes, m):
@@ -78,7 +80,7 @@ print(f"C = 6, m = {MARGIN}: the margin is met within {margin_arc(6, MARGIN):.1f
 
 # %% [markdown]
 # **Inline question 1.** Within how many degrees of its centre does a feature meet the margin for
-# $C = 6$, $m = 0.35$? (one decimal)
+# $C = 6$, $m = 0.35$? (degrees, to one decimal)
 
 # %%
 ### BEGIN SOLUTION
@@ -221,9 +223,12 @@ for ax, (key, title, make_head, psi) in zip(axes, circle_heads(SEED + 7)):
     draw_circle(ax, emb, head, psi, full_title)
     single = Figure(figsize=(4.5, 4.8))
     draw_circle(single.subplots(), emb, head, psi, full_title)
+    if CAVEAT:
+        single.suptitle(CAVEAT, fontsize=8, color="firebrick")
     single.tight_layout()
     single.savefig(os.path.join(OUT, f"07_circle_{key}.png"), dpi=110)
-fig_all.suptitle("held-out features on the circle; ring: decision regions; outer ring: margin met", fontsize=10)
+fig_all.suptitle("held-out features on the circle; ring: decision regions; outer ring: margin met"
+                 + (f"\n({CAVEAT})" if CAVEAT else ""), fontsize=10)
 fig_all.tight_layout(rect=(0, 0, 1, 0.93))
 fig_all.savefig(os.path.join(OUT, "07_circle_all.png"), dpi=110)
 checks.show(os.path.join(OUT, "07_circle_all.png"))
@@ -256,6 +261,8 @@ for i, (key, title, make_head) in enumerate(sphere_runs):
     ax.set_title(f"{title}\nspread {spread.mean():.1f}°, gap {gap:.1f}°", fontsize=8)
     ax.set_box_aspect((1, 1, 1))
     ax.set_xticks([]); ax.set_yticks([]); ax.set_zticks([])
+if CAVEAT:
+    fig3d.suptitle(CAVEAT, fontsize=10, color="firebrick")
 fig3d.tight_layout(rect=(0, 0, 1, 0.95))
 fig3d.savefig(os.path.join(OUT, "07_sphere_all.png"), dpi=110)
 checks.show(os.path.join(OUT, "07_sphere_all.png"))

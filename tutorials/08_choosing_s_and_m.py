@@ -175,7 +175,7 @@ for dim in (8, 2):
 # being pushed at the end of training. The quick run (150 steps) only shows that the code runs;
 # tutorials/README.md quotes the full run.
 #
-## Summary
+# ## Summary
 # - $s$ bounds the confidence a normalised softmax can express; $s_{\min}$ grows like $\ln C$.
 # - The loss at initialisation is $\ln(C-1+e^{-sm}) + sm$: check it on the first batch.
 # - The gradient scales with $s$: retune the learning rate when you change $s$; ramp the margin on hard starts.

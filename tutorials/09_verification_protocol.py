@@ -17,8 +17,7 @@
 # - say which FARs a test set can measure at all;
 # - evaluate open-set identification (DIR@FAR): probes from enrolled and from unseen identities.
 #
-# Everything is checked against `amnp.evaluation` (DIR@FAR against `amnp.evaluation.dir_at_far` where
-# this version of amnp has it, else against a reference in `checks.py`). Definitions: `docs/derivations.md`,
+# Everything is checked against `amnp.evaluation`. Definitions: `docs/derivations.md`,
 # [Verification metrics](../docs/derivations.md#verification).
 
 # %%
@@ -178,8 +177,10 @@ print(f"EER: yours {eer(scores, same):.4f}, amnp {evaluation.equal_error_rate(sc
 far, tar = roc(scores, same)
 fig = Figure(figsize=(5, 4))
 ax = fig.subplots()
-ax.semilogx(np.maximum(far, 1e-5), tar)
-ax.axvline(1 / np.count_nonzero(~same), color="gray", linestyle=":", label="1 / #different pairs")
+resolution = 1 / np.count_nonzero(~same)   # the smallest non-zero FAR these pairs can measure
+ax.semilogx(far[far > 0], tar[far > 0])
+ax.set_xlim(resolution / 1.5, 1.0)
+ax.axvline(resolution, color="gray", linestyle=":", label="1 / #different pairs")
 ax.set_xlabel("false accept rate")
 ax.set_ylabel("true accept rate")
 ax.set_title("ROC of the synthetic pairs")
@@ -190,6 +191,7 @@ checks.show(os.path.join(OUT, "09_roc.png"))
 
 # %% [markdown]
 # **Inline question 1.** LFW has 3000 different pairs. What is the smallest non-zero FAR it can measure?
+# (a number, to two significant digits)
 
 # %%
 ### BEGIN SOLUTION
@@ -203,7 +205,8 @@ checks.check_answer("09.far_resolution", answer_far_resolution)
 # (genuine) and from identities never enrolled (impostors). The system answers with its best
 # gallery match if that score passes a threshold, else "unknown". The threshold is set so that at
 # most a share FAR of the impostor probes are (wrongly) answered; the detection and identification
-# rate DIR is the share of genuine probes answered **with the right identity**.
+# rate DIR is the share of genuine probes answered **with the right identity**. The scores are
+# cosine similarities: L2-normalise the rows of the gallery and of the probes first.
 #
 # ### Exercise 6
 
@@ -233,10 +236,12 @@ not_in_gallery = np.flatnonzero(labels * IMAGES != np.arange(labels.size))
 probe_index = rng.permutation(not_in_gallery)[:1200]  # enrolled and unseen people
 genuine = np.isin(labels[probe_index], enrolled)
 print(f"{genuine.sum()} genuine probes, {(~genuine).sum()} impostor probes")
+unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
+cosines = unit(emb[probe_index]) @ unit(gallery).T
+theirs = evaluation.dir_at_far(cosines, enrolled, labels[probe_index], (0.1, 0.01))
 for far in (0.1, 0.01):
     mine = dir_at_far(gallery, enrolled, emb[probe_index], labels[probe_index], far)
-    theirs = checks.amnp_dir_at_far(gallery, enrolled, emb[probe_index], labels[probe_index], far)
-    print(f"DIR @ FAR {far:g}: yours {mine:.4f}, amnp {theirs:.4f}")
+    print(f"DIR @ FAR {far:g}: yours {mine:.4f}, amnp {theirs[far]:.4f}")
 
 # %% [markdown]
 # ## Summary

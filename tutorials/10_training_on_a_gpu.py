@@ -51,6 +51,8 @@ print("CuPy and a CUDA device: " + ("yes" if GPU else f"no, the CuPy parts are s
 # **Inline question 1.** Why does `t0 = time.perf_counter(); step(); t1 = time.perf_counter()`
 # underestimate a GPU step? (a) the first call compiles kernels (b) kernel launches return before
 # the work is done (c) perf_counter has millisecond resolution
+#
+# Answer with the letter as a string, e.g. `'b'`.
 
 # %%
 ### BEGIN SOLUTION
