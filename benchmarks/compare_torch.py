@@ -31,7 +31,7 @@ timed.  Both sides get the same thread count (``--threads``, default: every core
 variables and ``torch.set_num_threads``.  The BLAS library NumPy uses is printed with
 threadpoolctl where that is installed, else asked from OpenBLAS directly.  Check the
 kernel: an ``OPENBLAS_CORETYPE`` in the environment overrides OpenBLAS's own choice.  On the
-2-core development machine the environment sets ``OPENBLAS_CORETYPE=Haswell`` (AVX2) on a
+2-core development machine the environment once set ``OPENBLAS_CORETYPE=Haswell`` (AVX2) on a
 CPU with AVX-512, where OpenBLAS would pick its SkylakeX kernel, with GEMMs about 1.8x as
 fast, and where PyTorch uses AVX-512: run the script with and without it to see both.
 """
