@@ -31,6 +31,7 @@ import json
 import os
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -213,9 +214,9 @@ def describe_data(dataset, spec: str) -> dict:
 
 def _folder_files(root) -> list[str]:
     """identity/name of every image file of a folder dataset, in the loader's order."""
-    from pathlib import Path
-
-    from .data.folder import _image_files  # the loader's own listing: the same files, same order
+    # The loader's own listing (same files, same order), imported here: amnp.data loads
+    # Pillow and matplotlib, which amnp.checkpoint (importing this module) does not need.
+    from .data.folder import _image_files
 
     root = Path(root).expanduser()
     return [path.relative_to(root).as_posix() for _, path in _image_files(root)]
@@ -257,24 +258,23 @@ def check_data(run_dir, dataset, spec: str, resuming: bool) -> None:
                       stacklevel=2)
         return
     recorded, current = _read_record(path), describe_data(dataset, spec)
-    changes = _changes(recorded, current)
     held_out = set(current["held_out"]["identities"])
     other_held_out = held_out != set(recorded["held_out"]["identities"])
-    trained_on = sorted(held_out & set(recorded["train"]["identities"]))
     if resuming and (other_held_out or recorded["train"] != current["train"]):
         consequence = "resuming would train on other images or labels than the run's"
     elif other_held_out:
+        trained_on = sorted(held_out & set(recorded["train"]["identities"]))
         consequence = ("evaluating would hold out other identities than the run did"
                        + (f", including {_few(trained_on)} it trained on" if trained_on else ""))
-    elif recorded["held_out"] != current["held_out"]:
-        warnings.warn(f"the dataset {spec} changed since {run_dir} was trained: {changes}; its "
-                      "held-out identities are the same, but the results may differ from the "
-                      "run's earlier ones", stacklevel=2)
-        return
     else:
+        if recorded["held_out"] != current["held_out"]:
+            warnings.warn(f"the dataset {spec} changed since {run_dir} was trained: "
+                          f"{_changes(recorded, current)}; its held-out identities are the same, "
+                          "but the results may differ from the run's earlier ones", stacklevel=2)
         return
-    raise ValueError(f"the dataset {spec} changed since {run_dir} was trained: {changes}; "
-                     f"{consequence}. Put the data back as it was, or start a new run on it")
+    raise ValueError(f"the dataset {spec} changed since {run_dir} was trained: "
+                     f"{_changes(recorded, current)}; {consequence}. Put the data back as it was, "
+                     "or start a new run on it")
 
 
 def _read_record(path) -> dict:

@@ -241,16 +241,16 @@ class Trainer:
         it was trained on (amnp.rundir.check_data); logged steps after the checkpoint are
         dropped.  A run stopped before its first checkpoint was written had trained nothing:
         it starts at step 0."""
+        records = read_metrics(self.path("metrics.jsonl"))
         if os.path.exists(self.path("checkpoint.npz")):
             rundir.check_data(self.out_dir, self.dataset, self.config.dataset, resuming=True)
             meta = checkpoint.load(self.path("checkpoint.npz"), self.model, self.optimizer)
             self.step = meta["step"]
         else:
-            if read_metrics(self.path("metrics.jsonl")):
+            if records:  # not stopped before it: the checkpoint was lost
                 warnings.warn(f"{self.path('checkpoint.npz')} is missing: the run starts again from "
-                              "step 0 (the steps metrics.jsonl logged are trained again)", stacklevel=2)
+                              "step 0, and trains again the steps metrics.jsonl logged", stacklevel=2)
             self._first_checkpoint()
-        records = read_metrics(self.path("metrics.jsonl"))
         write_metrics(self.path("metrics.jsonl"), [r for r in records if r["step"] <= self.step])
 
     # ------------------------------------------------------------------ the loop

@@ -69,6 +69,8 @@ def test_a_second_writer_fails_at_once_naming_the_holder(faces, tmp_path, capsys
             assert cli.main(arguments) == cli.EXIT_BAD_INPUT
             assert f"{run} is in use by process {holder.pid} (training)" in one_error_line(capsys)
         assert holder.poll() is None and not (run / "eval.json").exists()
+        # reading a run needs no lock: the checkpoint is replaced whole
+        assert cli.main(["embed", str(run), "--images", str(faces), "--out", str(tmp_path / "e.npz")]) == 0
     finally:
         holder.kill()
         holder.wait()
@@ -113,13 +115,14 @@ import numpy as np
 from amnp import cli
 write, calls = np.savez, []
 
-def savez(file, **arrays):  # the N-th checkpoint write stops halfway, to be killed there
+def savez(file, **arrays):  # the N-th checkpoint write stops before its rename, to be killed there
     write(file, **arrays)
-    calls.extend(["checkpoint"] if "meta" in arrays else [])  # not the dataset cache's index
-    if "meta" in arrays and len(calls) == int(sys.argv[1]):
-        file.flush()
-        print("inside checkpoint write", flush=True)
-        time.sleep(600)
+    if "meta" in arrays:  # a checkpoint, not the dataset cache's index
+        calls.append(file)
+        if len(calls) == int(sys.argv[1]):
+            file.flush()
+            print("inside checkpoint write", flush=True)
+            time.sleep(600)
 
 np.savez = savez
 sys.exit(cli.main(sys.argv[2:]))
@@ -324,3 +327,13 @@ def test_a_run_without_a_data_record_works_as_before_with_a_warning(stopped_run,
     assert cli.main(["train", "--resume", str(stopped_run)]) == 0
     assert f"amnp: warning: {stopped_run} has no record of the data it was trained on" in capsys.readouterr().err
     assert cli.main(["eval", str(stopped_run)]) == 0
+
+
+def test_a_lost_checkpoint_trains_the_run_again_from_step_0_with_a_warning(stopped_run, capsys):
+    (stopped_run / "checkpoint.npz").unlink()
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(stopped_run), "--no-eval"]) == 0
+    out, err = capsys.readouterr()
+    assert f"resuming {stopped_run} at step 0 of 4" in out
+    assert f"amnp: warning: {stopped_run / 'checkpoint.npz'} is missing: the run starts again from step 0" in err
+    assert [json.loads(line)["step"] for line in (stopped_run / "metrics.jsonl").read_text().splitlines()] == [4]
