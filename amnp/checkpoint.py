@@ -3,22 +3,24 @@
 Layout: ``param/<dotted name>`` arrays, ``velocity/<dotted name>`` arrays (the
 optimizer's momentum), and ``meta``: a JSON string with the step, the config
 and a format version.  Everything is a plain array, so ``np.load`` runs with
-``allow_pickle=False`` and a hostile file cannot execute code.
+``allow_pickle=False`` and a hostile file cannot execute code.  ``read`` checks
+the meta (a hand-edited one is a CheckpointError saying what is wrong), so
+whatever reads a checkpoint can rely on it.
 
 Writing goes to a temporary file in the same directory, flushed to disk, then
-renamed over the old checkpoint: a crash or Ctrl-C mid-write leaves the
-previous checkpoint intact.
+renamed over the old checkpoint (amnp.rundir.atomic_file): a crash or Ctrl-C
+mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from .backend import asarray, to_numpy
+from .rundir import atomic_file
 
 FORMAT_VERSION = 1
 
@@ -31,36 +33,61 @@ def save(path, model, optimizer, meta: dict) -> None:
     arrays = {f"param/{name}": value for name, value in model.state_dict().items()}
     arrays.update({f"velocity/{name}": to_numpy(v) for name, v in optimizer.state_dict().items()})
     arrays["meta"] = np.array(json.dumps(dict(meta, format_version=FORMAT_VERSION)))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_file(path, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def read(path):
-    """-> (params {name: array}, velocity {name: array}, meta dict), or CheckpointError."""
+    """-> (params {name: array}, velocity {name: array}, meta dict), or CheckpointError.
+
+    The meta is checked: a JSON object with this format version, ``step`` a non-negative
+    integer, ``config`` (if present) an object, ``image_shape`` (if present) three positive
+    integers (C, H, W) with ``mirror`` true or false."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {key: archive[key] for key in archive.files}
-        meta = json.loads(str(contents.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    if "meta" not in contents:
+        raise CheckpointError(f"checkpoint {path} has no meta (the step and settings); "
+                              "it was not written by amnp")
+    try:
+        meta = json.loads(str(contents.pop("meta")))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path} has a meta that is not JSON ({exc})") from None
+    _check_meta(meta, path)
     params = {k[len("param/"):]: v for k, v in contents.items() if k.startswith("param/")}
     velocity = {k[len("velocity/"):]: v for k, v in contents.items() if k.startswith("velocity/")}
     return params, velocity, meta
+
+
+def _check_meta(meta, path) -> None:
+    """CheckpointError naming the first thing wrong with ``meta`` (see ``read``)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has a meta that is not a JSON object: {meta!r:.60}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    problem = None
+    step, shape = meta.get("step"), meta.get("image_shape")
+    if not _is_int(step) or step < 0:
+        problem = f"step must be a non-negative integer, got {step!r:.60}" if "step" in meta else "no step"
+    elif not isinstance(meta.get("config", {}), dict):
+        problem = f"config must be an object, got {meta['config']!r:.60}"
+    elif "image_shape" in meta and not (isinstance(shape, list) and len(shape) == 3
+                                        and all(_is_int(d) and d > 0 for d in shape)):
+        problem = f"image_shape must be three positive integers (C, H, W), got {shape!r:.60}"
+    elif "image_shape" in meta and not isinstance(meta.get("mirror"), bool):
+        problem = f"mirror must be true or false, got {meta.get('mirror')!r:.60}"
+    if problem:
+        raise CheckpointError(f"checkpoint {path} has invalid meta: {problem}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def mismatches(given: dict, own: dict, complete: bool) -> list[str]:

@@ -4,6 +4,12 @@ Every expected failure (bad options, missing data, a checkpoint that does not
 fit, a diverging run) ends with one line ``amnp: error: ...`` and a non-zero
 exit code, never a traceback, and never overwrites a previous run.
 
+A run directory has one writer at a time: ``amnp train`` (new or ``--resume``)
+and ``amnp eval DIR`` on a directory that another process is writing fail at once
+(exit 1), naming that process; ``embed``, ``verify`` and ``eval --pairs`` only
+read the run and need no lock.  ``--resume`` and ``eval DIR`` refuse a dataset
+that changed since the run was trained where the change matters (amnp.rundir).
+
 Exit codes: 0 done, 1 bad input, 3 training diverged, 130 interrupted (Ctrl-C,
 after saving a checkpoint).  AMNP_DEBUG=1 shows the traceback behind an error.
 """
@@ -19,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, data, figures
+from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
 from .functional import l2_normalize_forward
 from .heads import LOSSES
 from .run import load_run, read_config
+from .rundir import read_metrics
 from .training import (TrainConfig, Trainer, TrainingDiverged, embed, evaluate, held_out_metrics,
-                       parse_dataset_spec, read_metrics)
+                       parse_dataset_spec)
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -255,12 +262,17 @@ def choose_backend(config: TrainConfig) -> None:
 
 
 def new_run_dir(config: TrainConfig, out: str | None) -> str:
+    """--out, else runs/<dataset>-<loss>-<time>."""
     if out is None:
         name = config.dataset.split(":")[0]
         out = os.path.join("runs", f"{name}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return out
+
+
+def refuse_existing_run(out: str) -> None:
+    """Never overwrite a run (checked while holding ``out``: another process may be starting one)."""
     if os.path.exists(os.path.join(out, "checkpoint.npz")) or os.path.exists(os.path.join(out, "config.json")):
         raise UsageError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    return out
 
 
 def summary(metrics: dict) -> str:
@@ -329,13 +341,23 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
-    trainer = Trainer(config, dataset, run_dir)
-    if args.resume is not None:
-        trainer.resume()
-        print(f"resuming {run_dir} at step {trainer.step} of {trainer.total_steps}")
-    else:
-        trainer.start()
+    with rundir.hold(run_dir, "training"):  # before anything is read or written there
+        if args.resume is None:
+            refuse_existing_run(run_dir)
+        dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
+        trainer = Trainer(config, dataset, run_dir)
+        if args.resume is not None:
+            trainer.resume()
+            print(f"resuming {run_dir} at step {trainer.step} of {trainer.total_steps}")
+        else:
+            trainer.start()
+        return train_held(args, trainer, dataset)
+
+
+def train_held(args, trainer: Trainer, dataset) -> int:
+    """Train the started or resumed run of ``trainer``, whose directory the caller holds,
+    and evaluate it at the end."""
+    config, run_dir = trainer.config, trainer.out_dir
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
     print(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
           f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
@@ -416,9 +438,11 @@ def eval_held_out(args) -> int:
     the held-out split is drawn from all its identities; figures are redrawn."""
     run = open_run(args)
     config = run.config
-    dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
-    print(f"evaluating {args.run_dir} at step {run.step}")
-    report(args.run_dir, run.net, dataset, config.seed)
+    with rundir.hold(args.run_dir, "evaluating"):  # eval.json and figures/ are the trainer's files too
+        dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
+        rundir.check_data(args.run_dir, dataset, config.dataset, resuming=False)
+        print(f"evaluating {args.run_dir} at step {run.step}")
+        report(args.run_dir, run.net, dataset, config.seed)
     return 0
 
 

@@ -23,13 +23,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import figures, models
+from . import figures, models, rundir
 from .backend import asarray, get_backend, to_numpy
 from .evaluation import roc_curve
 from .functional import l2_normalize_forward
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
-from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess, read_metrics
+from .rundir import read_metrics
+from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess
 
 DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25", "am-softmax:m=0.3",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
@@ -95,30 +96,31 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
     run_dir = os.path.join(out_dir, entry.name)
     trainer = Trainer(config, dataset, run_dir, progress=progress)
     title = entry_title(entry)
-    if os.path.exists(os.path.join(run_dir, "config.json")):
-        with open(os.path.join(run_dir, "config.json")) as file:
-            saved = TrainConfig.from_dict(json.load(file))
-        saved.validate()
-        if _settings(saved) != _settings(config):
-            differ = sorted(k for k in _settings(config) if _settings(saved)[k] != _settings(config)[k])
-            raise ValueError(f"{run_dir} holds a run with other settings than this comparison's "
-                             f"({', '.join(differ)}); choose another --out")
-        trainer.resume()
-    else:
-        trainer.start()
-    finished_before = trainer.step >= trainer.total_steps and os.path.exists(os.path.join(run_dir, "eval.json"))
-    if finished_before:
-        print(f"{position} {title}: finished earlier", flush=True)
-    else:
-        print(f"{position} {title}: steps {trainer.step} to {trainer.total_steps}", flush=True)
-        try:
-            if trainer.train() != "finished":
-                return None
-        except TrainingDiverged as exc:  # one loss failing to train is a result, not the end
-            print(f"{position} {title}: {exc}", flush=True)
-            return Row(entry, None, None, exc.step, train_seconds(run_dir, config.batch_size), str(exc))
-    metrics, scores = evaluate(trainer.model.net, dataset, run_dir, config.seed)
-    return Row(entry, metrics, scores, trainer.step, train_seconds(run_dir, config.batch_size))
+    with rundir.hold(run_dir, "training"):  # one writer at a time: a second comparison fails here
+        if os.path.exists(os.path.join(run_dir, "config.json")):
+            with open(os.path.join(run_dir, "config.json")) as file:
+                saved = TrainConfig.from_dict(json.load(file))
+            saved.validate()
+            if _settings(saved) != _settings(config):
+                differ = sorted(k for k in _settings(config) if _settings(saved)[k] != _settings(config)[k])
+                raise ValueError(f"{run_dir} holds a run with other settings than this comparison's "
+                                 f"({', '.join(differ)}); choose another --out")
+            trainer.resume()
+        else:
+            trainer.start()
+        finished_before = trainer.step >= trainer.total_steps and os.path.exists(os.path.join(run_dir, "eval.json"))
+        if finished_before:
+            print(f"{position} {title}: finished earlier", flush=True)
+        else:
+            print(f"{position} {title}: steps {trainer.step} to {trainer.total_steps}", flush=True)
+            try:
+                if trainer.train() != "finished":
+                    return None
+            except TrainingDiverged as exc:  # one loss failing to train is a result, not the end
+                print(f"{position} {title}: {exc}", flush=True)
+                return Row(entry, None, None, exc.step, train_seconds(run_dir, config.batch_size), str(exc))
+        metrics, scores = evaluate(trainer.model.net, dataset, run_dir, config.seed)
+        return Row(entry, metrics, scores, trainer.step, train_seconds(run_dir, config.batch_size))
 
 
 def _settings(config: TrainConfig) -> dict:

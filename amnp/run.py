@@ -64,10 +64,14 @@ def load_run(run_dir) -> Run:
     """
     config = read_config(run_dir)
     path = os.path.join(run_dir, "checkpoint.npz")
+    if not os.path.exists(path):
+        raise checkpoint.CheckpointError(
+            f"{run_dir} has no checkpoint yet: its training stopped before the first one was "
+            f"written; `amnp train --resume {run_dir}` trains it")
     _, _, meta = checkpoint.read(path)
     kind, _ = parse_dataset_spec(config.dataset)
     if "image_shape" in meta:
-        image_shape, mirror = tuple(int(d) for d in meta["image_shape"]), bool(meta["mirror"])
+        image_shape, mirror = tuple(meta["image_shape"]), meta["mirror"]
     elif kind in FIXED_INPUTS:
         image_shape, mirror = FIXED_INPUTS[kind]
     else:
@@ -76,4 +80,4 @@ def load_run(run_dir) -> Run:
             f"by an older amnp); `amnp train --resume {run_dir} --no-eval` rewrites it with that record")
     net = models.build(config.model, image_shape, rng=np.random.default_rng(config.seed))
     meta = checkpoint.load_network(path, net)
-    return Run(net, config, int(meta["step"]), image_shape, mirror)
+    return Run(net, config, meta["step"], image_shape, mirror)

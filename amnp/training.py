@@ -2,10 +2,12 @@
 
 A run directory holds:
     config.json      the TrainConfig, as given
+    data.json        what the run was trained on, checked on resume and eval (amnp.rundir)
     metrics.jsonl    one JSON object per logged step
     checkpoint.npz   parameters, momentum, step (see amnp.checkpoint)
     eval.json        held-out verification and identification results
     figures/         curves, ROC, pair-score histograms, sample images
+    .lock            held by the one process writing the run, with its pid (amnp.rundir.hold)
 
 Every random choice is a pure function of (seed, step): the minibatch of step t
 comes from the permutation of its epoch, drawn from a generator seeded with
@@ -22,18 +24,20 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, figures, models
+from . import checkpoint, figures, models, rundir
 from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
 from .data import DiskImages, make_gallery_probes, make_open_set_protocol
 from .data.prefetch import Prefetcher
 from .evaluation import evaluate_verification, roc_curve
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
+from .rundir import read_metrics, write_metrics
 from .validation import NonFiniteError, class_labels, finite
 
 
@@ -221,18 +225,32 @@ class Trainer:
                          "image_shape": list(self.dataset.image_shape), "mirror": self.dataset.mirror})
 
     def start(self) -> None:
-        """Begin a new run: create the run directory, write config.json and a step-0
-        checkpoint, so that a run killed before its first checkpoint can still resume."""
+        """Begin a new run in the run directory (which the caller holds, see
+        amnp.rundir.hold): write config.json, data.json and a step-0 checkpoint, in that
+        order and each whole or not at all, so that a run killed at any point can resume."""
         os.makedirs(self.out_dir, exist_ok=True)
-        with open(self.path("config.json"), "w") as file:
-            json.dump(dataclasses.asdict(self.config), file, indent=2)
+        rundir.write_json(self.path("config.json"), dataclasses.asdict(self.config))
+        self._first_checkpoint()
+
+    def _first_checkpoint(self) -> None:
+        rundir.write_data_record(self.out_dir, self.dataset, self.config.dataset)
         self.save_checkpoint()
 
     def resume(self) -> None:
-        """Continue from the run directory's checkpoint; logged steps after it are dropped."""
-        meta = checkpoint.load(self.path("checkpoint.npz"), self.model, self.optimizer)
-        self.step = int(meta["step"])
+        """Continue the run (the caller holds its directory) from its checkpoint, on the data
+        it was trained on (amnp.rundir.check_data); logged steps after the checkpoint are
+        dropped.  A run stopped before its first checkpoint was written had trained nothing:
+        it starts at step 0."""
         records = read_metrics(self.path("metrics.jsonl"))
+        if os.path.exists(self.path("checkpoint.npz")):
+            rundir.check_data(self.out_dir, self.dataset, self.config.dataset, resuming=True)
+            meta = checkpoint.load(self.path("checkpoint.npz"), self.model, self.optimizer)
+            self.step = meta["step"]
+        else:
+            if records:  # not stopped before it: the checkpoint was lost
+                warnings.warn(f"{self.path('checkpoint.npz')} is missing: the run starts again from "
+                              "step 0, and trains again the steps metrics.jsonl logged", stacklevel=2)
+            self._first_checkpoint()
         write_metrics(self.path("metrics.jsonl"), [r for r in records if r["step"] <= self.step])
 
     # ------------------------------------------------------------------ the loop
@@ -359,18 +377,6 @@ def format_record(record: dict, epoch: float) -> str:
             f"lr {record['lr']:.3g}  {record['images_per_s']:.0f} img/s")
 
 
-def read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
-
-
-def write_metrics(path: str, records: list[dict]) -> None:
-    with open(path, "w") as file:
-        file.writelines(json.dumps(r) + "\n" for r in records)
-
-
 # ---------------------------------------------------------------------- evaluation
 
 def embed(net, images_uint8, mirror: bool, batch_size: int = 256) -> np.ndarray:
@@ -410,8 +416,7 @@ def evaluate(net, dataset, out_dir: str, seed: int = 0) -> tuple[dict, np.ndarra
     metrics, scores = held_out_metrics(
         net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
         dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
-    with open(os.path.join(out_dir, "eval.json"), "w") as file:
-        json.dump(metrics, file, indent=2)
+    rundir.write_json(os.path.join(out_dir, "eval.json"), metrics)
     far, tar, _ = roc_curve(scores, dataset.pair_same)
     figure_dir = os.path.join(out_dir, "figures")
     figures.plot_roc(far, tar, os.path.join(figure_dir, "roc.png"), tar_at_far=metrics["tar_at_far"])
