@@ -8,12 +8,15 @@ them), two at a time; the tests below read their results.
 """
 import os
 import re
+import runpy
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from .host_guard import guard, guard_parameters, transfers
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -161,6 +164,31 @@ def test_a_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert "[ok] arcface_margin" in "".join(output.get("text", "") for output in outputs)
     assert any("image/png" in output.get("data", {}) for output in outputs), "no figure shown inline"
+
+
+def test_a_tutorial_runs_from_a_checkout_without_installing(outside_the_checkout):
+    cwd, env = outside_the_checkout
+    done = subprocess.run([sys.executable, str(TUTORIALS / "10_training_on_a_gpu.py")], capture_output=True,
+                          text=True, timeout=180, cwd=cwd, env=dict(env, AMNP_TUTORIAL_QUICK="1", MPLBACKEND="Agg"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[ok] measure" in done.stdout
+
+
+def test_tutorial_10_times_steps_that_read_nothing_back(tmp_path, monkeypatch):
+    """Its timing without synchronisation must time the launches alone: a step that read
+    values back would wait for the device three times."""
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the tutorial sets them
+        monkeypatch.setenv(key, os.environ.get(key, "1"))
+    tutorial = runpy.run_path(str(TUTORIALS / "10_training_on_a_gpu.py"))
+    net, classifier = tutorial["build"]("numpy")
+    guard_parameters(net)
+    guard_parameters(classifier)
+    x, y = guard(tutorial["x_host"]), guard(tutorial["y_host"])
+    with transfers() as count:
+        tutorial["train_step"](net, classifier, x, y)
+    assert count.downloads == 0
 
 
 def test_derivation_anchors_exist():

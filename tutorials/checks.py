@@ -11,16 +11,26 @@ column, ...), a hint naming that mistake.
 
 The checks are themselves tested (tests/test_tutorial_checks.py): each is fed planted
 wrong answers of the kinds its hints describe and must fail with that hint.
+
+Every tutorial imports this module before amnp; where it sits in a checkout
+(tutorials/checks.py beside amnp/), it puts that checkout first on the import path,
+so the tutorials run from a checkout without installing amnp.
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from amnp import evaluation
-from amnp import functional as F
+_CHECKOUT = Path(__file__).resolve().parents[1]
+if (_CHECKOUT / "amnp" / "__init__.py").is_file():
+    sys.path.insert(0, str(_CHECKOUT))
+
+from amnp import evaluation  # noqa: E402
+from amnp import functional as F  # noqa: E402
 
 
 class CheckFailed(AssertionError):
