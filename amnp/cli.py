@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -398,7 +399,8 @@ def open_run(args):
         try:
             finite(owner.params[key], os.path.join(args.run_dir, "checkpoint.npz"), f"parameter net.{name}")
         except NonFiniteError as exc:
-            raise UsageError(f"{exc}; the network cannot be used (resume or retrain the run)") from None
+            raise UsageError(f"{exc}; the network cannot be used (the file is damaged: restore it "
+                             "from a copy or retrain the run)") from None
     return run
 
 
@@ -521,6 +523,11 @@ def plain_warning(message, category, filename, lineno, file=None, line=None):
     print(f"amnp: warning: {message}", file=sys.stderr)
 
 
+# cudaErrorMemoryAllocation "out of memory", CUDA_ERROR_OUT_OF_MEMORY, CUBLAS_STATUS_ALLOC_FAILED,
+# CURAND_STATUS_ALLOCATION_FAILED, ...: how CUDA and its libraries say an allocation failed.
+DEVICE_ALLOCATION_FAILED = re.compile(r"out[ _]of[ _]memory|alloc(ation)?_failed|MemoryAllocation", re.I)
+
+
 def exhausted_memory(exc: BaseException) -> str | None:
     """"host" or "device" when ``exc`` says that memory ran out, else None.  NumPy raises
     MemoryError; CuPy raises its OutOfMemoryError (a MemoryError) from the memory pool and
@@ -529,9 +536,7 @@ def exhausted_memory(exc: BaseException) -> str | None:
     on_device = (type(exc).__module__ or "").startswith(("cupy", "cupy_backends"))
     if isinstance(exc, MemoryError):
         return "device" if on_device else "host"
-    message = str(exc)
-    if on_device and ("out of memory" in message.lower() or "ALLOC_FAILED" in message
-                      or "cudaErrorMemoryAllocation" in message):
+    if on_device and DEVICE_ALLOCATION_FAILED.search(str(exc)):
         return "device"
     return None
 

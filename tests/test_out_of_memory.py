@@ -79,7 +79,12 @@ def failing_training(monkeypatch):
     return fail_with
 
 
-@pytest.mark.parametrize("error", [DEVICE_POOL, CUDA_MALLOC, CUBLAS], ids=["pool", "malloc", "cublas"])
+CURAND = cupy_exception("CURANDError", "cupy_backends.cuda.libs.curand", RuntimeError,
+                        "CURAND_STATUS_ALLOCATION_FAILED")
+
+
+@pytest.mark.parametrize("error", [DEVICE_POOL, CUDA_MALLOC, CUBLAS, CURAND],
+                         ids=["pool", "malloc", "cublas", "curand"])
 def test_device_memory_in_training(tmp_path, capsys, failing_training, error):
     failing_training(error)
     run = tmp_path / "run"
