@@ -40,7 +40,8 @@ def _import_cupy():
         raise RuntimeError(
             "the cupy backend needs CuPy, which could not be imported "
             f"({type(exc).__name__}: {exc}). Install it with "
-            "'pip install \"amnp[gpu]\"' (CuPy for CUDA 12) on a machine with a CUDA GPU, "
+            "'pip install \"amnp[gpu]\"' (CuPy for CUDA 12) or 'pip install \"amnp[gpu-cuda13]\"' "
+            "(CUDA 13; nvidia-smi shows the driver's CUDA version) on a machine with a CUDA GPU, "
             "or use the numpy backend."
         ) from None
     try:

@@ -1,8 +1,9 @@
 """The ``amnp`` command: ``amnp train``, ``amnp eval DIR``, ``amnp embed DIR``, ``amnp verify DIR``.
 
 Every expected failure (bad options, missing data, a checkpoint that does not
-fit, a diverging run) ends with one line ``amnp: error: ...`` and a non-zero
-exit code, never a traceback, and never overwrites a previous run.
+fit, a diverging run, running out of host or device memory) ends with one line
+``amnp: error: ...`` and a non-zero exit code, never a traceback, and never
+overwrites a previous run.
 
 A run directory has one writer at a time: ``amnp train`` (new or ``--resume``)
 and ``amnp eval DIR`` on a directory that another process is writing fail at once
@@ -10,14 +11,24 @@ and ``amnp eval DIR`` on a directory that another process is writing fail at onc
 read the run and need no lock.  ``--resume`` and ``eval DIR`` refuse a dataset
 that changed since the run was trained where the change matters (amnp.rundir).
 
-Exit codes: 0 done, 1 bad input, 3 training diverged, 130 interrupted (Ctrl-C,
-after saving a checkpoint).  AMNP_DEBUG=1 shows the traceback behind an error.
+Exit codes: 0 done; 1 bad input (or out of memory: the line names the model, the
+batch size and what to lower); 3 training diverged; 128 + the signal's number when
+a stop signal ended the command, as shells report a process killed by it: 130
+Ctrl-C (SIGINT), 143 SIGTERM (``kill``, a scheduler's preemption), 129 SIGHUP (the
+terminal closed).  Training stops between steps and saves a checkpoint of the last
+step trained first (continue with ``amnp train --resume DIR``; ``amnp compare``
+with the same --out); any other command just ends.  A signal the command was
+started with ignored (SIGINT in a background job, SIGHUP under nohup) stays
+ignored.  AMNP_DEBUG=1 shows the traceback behind an error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import signal
 import sys
 import time
 import warnings
@@ -32,10 +43,12 @@ from .functional import l2_normalize_forward
 from .heads import LOSSES
 from .run import load_run, read_config
 from .rundir import read_metrics
-from .training import (TrainConfig, Trainer, TrainingDiverged, embed, evaluate, held_out_metrics,
-                       parse_dataset_spec)
+from .training import (EMBED_BATCH, Interrupted, TrainConfig, Trainer, TrainingDiverged, catch_stop_signals,
+                       embed, evaluate, held_out_metrics, parse_dataset_spec)
+from .validation import NonFiniteError, finite
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C; any stop signal ends with 128 + its number
 
 
 class UsageError(Exception):
@@ -177,11 +190,12 @@ def compare_command(args) -> int:
     choose_backend(base)
     dataset = open_dataset(base.dataset, base.seed)
     print(f"comparing {len(entries)} losses on {dataset.name} in {args.out}")
-    table = compare(entries, base, dataset, args.out)
-    if table is None:
+    try:
+        table = compare(entries, base, dataset, args.out)
+    except KeyboardInterrupt:
         print(f"interrupted; finished runs are kept, continue with: amnp compare --out {args.out} "
               "(and the same options)")
-        return EXIT_INTERRUPTED
+        raise
     print(table)
     print(f"results in {args.out}: comparison.md, comparison.json, figures/, one run directory per loss")
     return 0
@@ -369,8 +383,10 @@ def train_held(args, trainer: Trainer, dataset) -> int:
     print(f"{status} at step {trainer.step} after {seconds:.0f} s "
           f"({images / max(seconds, 1e-9):.0f} images/s over this run)")
     if status != "finished":
-        print(f"checkpoint saved; continue with: amnp train --resume {run_dir}")
-        return EXIT_INTERRUPTED if status == "interrupted" else 0
+        print(f"checkpoint saved; continue with: amnp train --resume {run_dir}", flush=True)
+        if status == "interrupted":
+            raise Interrupted(trainer.stopped_by)
+        return 0
     if not args.no_eval:
         report(run_dir, trainer.model.net, dataset, config.seed)
     return 0
@@ -397,14 +413,29 @@ def image_options(args, run):
 
 
 def open_run(args):
-    """The run's network on the chosen backend (no trainer, no optimizer, no training data)."""
+    """The run's network on the chosen backend (no trainer, no optimizer, no training data);
+    a NaN or Inf parameter (a damaged checkpoint) is refused: its features would be meaningless."""
     set_backend(args.backend or get_backend())
-    return load_run(args.run_dir)
+    run = load_run(args.run_dir)
+    for name, owner, key in run.net.named_parameters():
+        try:
+            finite(owner.params[key], os.path.join(args.run_dir, "checkpoint.npz"), f"parameter net.{name}")
+        except NonFiniteError as exc:
+            raise UsageError(f"{exc}; the network cannot be used (the file is damaged: restore it "
+                             "from a copy or retrain the run)") from None
+    return run
 
 
-def features(net, images_uint8, mirror: bool) -> np.ndarray:
-    """L2-normalised features (N, D), float64, with the ε-norm of amnp.functional."""
-    return l2_normalize_forward(embed(net, images_uint8, mirror))[0]
+def features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:
+    """L2-normalised features (N, D), float64, with the ε-norm of amnp.functional; NaN or
+    Inf features (finite weights whose activations overflow float32) are an error."""
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
+        found = l2_normalize_forward(embed(net, images_uint8, mirror))[0]
+    broken = int(np.sum(~np.isfinite(found).all(axis=1)))
+    if broken:
+        raise UsageError(f"the network of {run_dir} gives NaN or Inf features for {broken} of the "
+                         f"{len(found)} images (its activations overflow float32)")
+    return found
 
 
 def eval_command(args) -> int:
@@ -452,7 +483,7 @@ def embed_command(args) -> int:
     out = args.out or os.path.join(args.run_dir, f"embeddings-{Path(args.images).resolve().name}.npz")
     folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
     check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
-    found = features(run.net, folder.images, mirror).astype(np.float32)
+    found = features(args.run_dir, run.net, folder.images, mirror).astype(np.float32)
     with open(out, "wb") as file:  # a file object: np.savez would add ".npz" to a path without it
         np.savez(file, features=found, paths=np.array(folder.paths), labels=folder.labels,
                  identities=np.array(folder.class_names))
@@ -462,14 +493,29 @@ def embed_command(args) -> int:
     return 0
 
 
-def verify_command(args) -> int:
-    eval_json = os.path.join(args.run_dir, "eval.json")
-    stored = {}
-    if os.path.isfile(eval_json):
-        with open(eval_json) as file:
+def stored_threshold(run_dir: str) -> tuple[dict, float]:
+    """(eval.json of the run, its decision threshold), or one error that says what is wrong
+    with the file and that `amnp eval` rewrites it."""
+    eval_json = os.path.join(run_dir, "eval.json")
+    rewrite = f"run `amnp eval {run_dir}` to rewrite it"
+    if not os.path.isfile(eval_json):
+        raise UsageError(f"{eval_json} holds no decision threshold; run `amnp eval {run_dir}` first")
+    with open(eval_json) as file:
+        try:
             stored = json.load(file)
-    if "threshold" not in stored:
-        raise UsageError(f"{eval_json} holds no decision threshold; run `amnp eval {args.run_dir}` first")
+        except ValueError as exc:
+            raise UsageError(f"{eval_json} is not valid JSON ({exc}); {rewrite}") from None
+    if not isinstance(stored, dict) or "threshold" not in stored:
+        raise UsageError(f"{eval_json} holds no decision threshold; {rewrite}")
+    threshold = stored["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise UsageError(f"{eval_json}: the threshold {threshold!r} is not a finite number; {rewrite}")
+    return stored, float(threshold)
+
+
+def verify_command(args) -> int:
+    stored, threshold = stored_threshold(args.run_dir)
+    eval_json = os.path.join(args.run_dir, "eval.json")
     run = open_run(args)
     image_size, grayscale, mirror = image_options(args, run)
     if mirror != stored.get("mirror_fused", run.mirror):
@@ -484,8 +530,8 @@ def verify_command(args) -> int:
             raise UsageError(f"cannot read image {path} ({exc})") from None
         check_input(image.shape, run, args.run_dir, path)
         images.append(image)
-    found = features(run.net, np.stack(images), mirror)
-    cosine, threshold = float(found[0] @ found[1]), float(stored["threshold"])
+    found = features(args.run_dir, run.net, np.stack(images), mirror)
+    cosine = float(found[0] @ found[1])
     decision = "same identity" if cosine >= threshold else "different identities"
     print(f"cosine {cosine:.4f}, threshold {threshold:.4f} (chosen on the held-out pairs of "
           f"{args.run_dir}): {decision}")
@@ -501,10 +547,59 @@ def plain_warning(message, category, filename, lineno, file=None, line=None):
     print(f"amnp: warning: {message}", file=sys.stderr)
 
 
+# cudaErrorMemoryAllocation "out of memory", CUDA_ERROR_OUT_OF_MEMORY, CUBLAS_STATUS_ALLOC_FAILED,
+# CURAND_STATUS_ALLOCATION_FAILED, ...: how CUDA and its libraries say an allocation failed.
+DEVICE_ALLOCATION_FAILED = re.compile(r"out[ _]of[ _]memory|alloc(ation)?_failed|MemoryAllocation", re.I)
+
+
+def exhausted_memory(exc: BaseException) -> str | None:
+    """"host" or "device" when ``exc`` says that memory ran out, else None.  NumPy raises
+    MemoryError; CuPy raises its OutOfMemoryError (a MemoryError) from the memory pool and
+    a CUDA or cuBLAS error for an allocation that fails inside a library call.  CuPy's
+    exceptions are told by their module, so CuPy is never imported to recognise them."""
+    on_device = (type(exc).__module__ or "").startswith(("cupy", "cupy_backends"))
+    if isinstance(exc, MemoryError):
+        return "device" if on_device else "host"
+    if on_device and DEVICE_ALLOCATION_FAILED.search(str(exc)):
+        return "device"
+    return None
+
+
+def out_of_memory(args, where: str, exc: BaseException) -> str:
+    """The error line for running out of ``where`` memory: what the command was doing (the
+    model and batch size) and what to lower."""
+    if args.command in ("eval", "embed", "verify"):
+        what = f"embedding images with {read_config(args.run_dir).model} in batches of {EMBED_BATCH}"
+        lower = "free memory" + (", or use --backend numpy" if where == "device" else "")
+    elif args.command == "train" and args.resume is not None:
+        config = read_config(args.resume)
+        what = f"training {config.model} at batch size {config.batch_size}"
+        lower = ("a resumed run keeps its batch size, so free memory"
+                 + (" or resume with --backend numpy" if where == "device" else ""))
+    elif args.command in ("train", "compare"):
+        model = args.model if args.command == "train" else TrainConfig.model
+        doing = "training" if args.command == "train" else "comparing losses with"
+        size = f" on {args.image_size.replace(',', 'x')} images" if getattr(args, "image_size", None) else ""
+        what = f"{doing} {model} at batch size {args.batch_size}{size}"
+        folder = getattr(args, "dataset", "").startswith("folder:")
+        lower = "lower --batch-size" + (" or --image-size" if folder else "")
+        if args.out is not None and os.path.isdir(args.out):  # it holds runs of the settings that ran out
+            lower += f", with another --out than {args.out}"
+    else:
+        what, lower = f"in amnp {args.command}", "free memory"
+    return f"out of {where} memory {what} ({exc}); {lower}"
+
+
+def raise_interrupted(signum: int):
+    """A stop signal outside the training loop (loading data, evaluating) ends the command."""
+    raise Interrupted(signum)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # which options were written, for the commands that refuse some
+    restore_signal_handlers = catch_stop_signals(raise_interrupted)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = plain_warning
@@ -512,11 +607,16 @@ def main(argv=None) -> int:
     except TrainingDiverged as exc:
         print(f"amnp: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (UsageError, checkpoint.CheckpointError, ValueError, TypeError, RuntimeError, OSError) as exc:
+    except (UsageError, checkpoint.CheckpointError, ValueError, TypeError, RuntimeError, OSError,
+            MemoryError) as exc:
         if os.environ.get("AMNP_DEBUG"):  # developers want the traceback
             raise
-        print(f"amnp: error: {exc}", file=sys.stderr)
+        where = exhausted_memory(exc)
+        print(f"amnp: error: {out_of_memory(args, where, exc) if where else exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data, evaluating)
-        print("amnp: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C where SIGINT has no Python handler
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"amnp: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        restore_signal_handlers()

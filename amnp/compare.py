@@ -9,7 +9,8 @@ evaluates each on the held-out identities, and writes ``DIR/comparison.md``,
 ``DIR/comparison.json`` and ``DIR/figures/`` (target logits, every run's ROC, features on
 the sphere).  Running it again with the same DIR skips finished runs, resumes an
 interrupted one and rebuilds the table (finished runs are re-evaluated, which gives
-the same numbers); Ctrl-C stops between steps, leaving every finished run intact.
+the same numbers).  Ctrl-C, SIGTERM or SIGHUP stops between steps, saving the run in
+progress and leaving every finished run intact.
 
 An entry is ``LOSS`` or ``LOSS:OPTION=VALUE:...``, e.g. ``am-softmax:m=0.3`` or
 ``am-softmax:normalize_features=false``, with the options of amnp.heads.LOSSES.
@@ -30,7 +31,7 @@ from .functional import l2_normalize_forward
 from .heads import TrainingModel, build_head, resolve_loss_options
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
-from .training import TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess
+from .training import Interrupted, TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess
 
 DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25", "am-softmax:m=0.3",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
@@ -89,7 +90,8 @@ class Row(NamedTuple):
 
 def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position: str, progress):
     """The trained run of one entry: a new run, the rest of an interrupted one, or the one
-    finished earlier.  Returns its Row, or None when Ctrl-C stopped it (checkpoint saved)."""
+    finished earlier.  Returns its Row; raises Interrupted when a stop signal stopped it
+    (its checkpoint saved)."""
     config = dataclasses.replace(base, loss=entry.loss, loss_options=dict(entry.options),
                                  backend=base.backend or get_backend())
     config.validate()
@@ -115,7 +117,7 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
             print(f"{position} {title}: steps {trainer.step} to {trainer.total_steps}", flush=True)
             try:
                 if trainer.train() != "finished":
-                    return None
+                    raise Interrupted(trainer.stopped_by)
             except TrainingDiverged as exc:  # one loss failing to train is a result, not the end
                 print(f"{position} {title}: {exc}", flush=True)
                 return Row(entry, None, None, exc.step, train_seconds(run_dir, config.batch_size), str(exc))
@@ -187,16 +189,14 @@ def write_comparison(rows, out_dir: str, dataset, base: TrainConfig) -> str:
 
 
 def compare(entries, base: TrainConfig, dataset, out_dir: str, progress=None,
-            sphere_steps: int | None = None) -> str | None:
-    """Train and evaluate every entry, then write the table and figures; returns the table,
-    or None when Ctrl-C stopped a run (run again with the same out_dir to continue)."""
+            sphere_steps: int | None = None) -> str:
+    """Train and evaluate every entry, then write the table and figures; returns the table.
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises Interrupted after saving the run in
+    progress: run again with the same out_dir to continue."""
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     for number, entry in enumerate(entries, 1):
-        row = train_entry(entry, base, dataset, out_dir, f"[{number}/{len(entries)}]", progress)
-        if row is None:
-            return None
-        rows.append(row)
+        rows.append(train_entry(entry, base, dataset, out_dir, f"[{number}/{len(entries)}]", progress))
     table = write_comparison(rows, out_dir, dataset, base)
     figure_dir = os.path.join(out_dir, "figures")
     figures.plot_target_logits(os.path.join(figure_dir, "target_logits.png"))

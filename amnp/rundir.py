@@ -231,7 +231,8 @@ def _describe_part(names, labels, images, files, *protocol) -> dict:
             content.update(np.ascontiguousarray(images[start:start + 4096]).tobytes())
     else:
         own = set(names)
-        content = hashlib.sha256("\n".join(f for f in files if f.split("/")[0] in own).encode())
+        listing = "\n".join(f for f in files if f.split("/")[0] in own)
+        content = hashlib.sha256(listing.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
     arrays = hashlib.sha256()
     for array in (labels, *protocol):
         arrays.update(np.ascontiguousarray(array).astype("<i8").tobytes() + b"|")

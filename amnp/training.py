@@ -23,6 +23,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -143,6 +144,41 @@ class TrainingDiverged(RuntimeError):
         self.step = step
 
 
+# The signals that stop a run as Ctrl-C does: a scheduler's preemption or `kill` (SIGTERM)
+# and a closed terminal (SIGHUP, which Windows does not have).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """One of STOP_SIGNALS ended the work; ``signum`` says which.  A KeyboardInterrupt, so
+    whatever ends a program on Ctrl-C ends it on SIGTERM and SIGHUP too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def catch_stop_signals(handler):
+    """Route each of STOP_SIGNALS to ``handler(signum)``; returns the function that puts the
+    previous handlers back.  A signal that is ignored stays ignored: SIGINT in a background
+    job (`&`), SIGHUP under nohup are not meant for us.  Outside the main thread, where
+    Python delivers no signals, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for signum in STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is not None and current != signal.SIG_IGN:  # None: set outside Python, left alone
+            previous[signum] = current
+            signal.signal(signum, lambda number, frame: handler(number))
+
+    def restore():
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
+
+
 class Trainer:
     """Builds the network, head, optimizer and schedule of a TrainConfig and runs the loop.
 
@@ -181,7 +217,7 @@ class Trainer:
         self.train_images = dataset.train_images if self.streams else asarray(dataset.train_images)
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
         self._prefetcher = None
-        self._interrupted = False
+        self.stopped_by = None  # the stop signal that interrupted train, if one did
 
     # ------------------------------------------------------------------ batches
     def batch_indices(self, step: int) -> np.ndarray:
@@ -274,9 +310,14 @@ class Trainer:
         """Train up to the last step (or ``stop_at``); returns "finished", "stopped" or
         "interrupted".  Raises TrainingDiverged on a non-finite loss or parameters, keeping
         the last good checkpoint untouched: the losses of the steps since the last log are
-        read (one transfer) and checked before any checkpoint is written."""
+        read (one transfer) and checked before any checkpoint is written.
+
+        A stop signal (Ctrl-C, SIGTERM, SIGHUP: STOP_SIGNALS) sets ``stopped_by`` to its
+        number; the loop checks it between steps, so it never stops halfway through an
+        update, saves a checkpoint of the last step trained and returns "interrupted"."""
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        restore_interrupt_handler = self._catch_interrupts()
+        self.stopped_by = None
+        restore_signal_handlers = catch_stop_signals(self._stop)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = []
@@ -284,7 +325,7 @@ class Trainer:
         if self.streams:
             self._prefetcher = Prefetcher(self.read_batch, end)
         try:
-            while self.step < end and not self._interrupted:
+            while self.step < end and self.stopped_by is None:
                 window.append(self.train_step(self.step))
                 self.step += 1
                 bar.update(1)
@@ -310,8 +351,8 @@ class Trainer:
                 self._prefetcher.close()
                 self._prefetcher = None
             bar.close()
-            restore_interrupt_handler()
-        if self._interrupted:
+            restore_signal_handlers()
+        if self.stopped_by is not None:
             return "interrupted"
         return "finished" if self.step >= self.total_steps else "stopped"
 
@@ -336,21 +377,9 @@ class Trainer:
                                 "Try a smaller learning rate, or the loss's gentler settings "
                                 "(a smaller s, a margin ramp; amnp margins lists them).", step)
 
-    def _catch_interrupts(self):
-        """Ctrl-C sets a flag that the loop checks between steps, so it never stops halfway
-        through an update and the checkpoint it saves is consistent.  Returns the function
-        that puts the previous handler back."""
-        def handler(signum, frame):
-            self._interrupted = True
-
-        previous = signal.getsignal(signal.SIGINT)
-        if previous == signal.SIG_IGN:  # a background job (nohup, `&`): Ctrl-C is not for us
-            return lambda: None
-        try:
-            signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-            return lambda: None
-        return lambda: signal.signal(signal.SIGINT, previous)
+    def _stop(self, signum: int) -> None:
+        """The handler of the stop signals while train runs (see train)."""
+        self.stopped_by = signum
 
     def _log(self, values, elapsed) -> dict:
         """Append the window's means (``values`` from _read_window) to metrics.jsonl."""
@@ -379,7 +408,10 @@ def format_record(record: dict, epoch: float) -> str:
 
 # ---------------------------------------------------------------------- evaluation
 
-def embed(net, images_uint8, mirror: bool, batch_size: int = 256) -> np.ndarray:
+EMBED_BATCH = 256
+
+
+def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH) -> np.ndarray:
     """Embeddings (N, D) on the host for uint8 images; with ``mirror`` the embedding of each
     image is summed with that of its mirror image (the AM-Softmax deploy net)."""
     chunks = []

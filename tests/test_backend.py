@@ -1,7 +1,9 @@
 """Backend selection, and NumPy/CuPy parity (the `gpu` tests skip with the reason where no GPU)."""
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,11 +37,19 @@ def without_cupy(monkeypatch):
 
 
 def test_missing_cupy_is_explained(without_cupy):
-    with pytest.raises(RuntimeError, match=r"pip install \"amnp\[gpu\]\""):
+    with pytest.raises(RuntimeError, match=re.escape("""'pip install "amnp[gpu]"' (CuPy for CUDA 12) or """
+                                                     """'pip install "amnp[gpu-cuda13]"' (CUDA 13; nvidia-smi""")):
         amnp.set_backend("cupy")
     assert amnp.get_backend() == "numpy"
     available, reason = backend.cupy_available()
     assert not available and "CuPy" in reason
+
+
+def test_the_gpu_extras_install_cupy_for_cuda_12_and_13():
+    tomllib = pytest.importorskip("tomllib")
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as file:
+        extras = tomllib.load(file)["project"]["optional-dependencies"]
+    assert extras["gpu"] == ["cupy-cuda12x"] and extras["gpu-cuda13"] == ["cupy-cuda13x"]
 
 
 ALL_MODULES = ("amnp", "amnp.cli", "amnp.training", "amnp.evaluation", "amnp.figures", "amnp.data",

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from amnp import cli, compare
+from amnp import checkpoint, cli, compare
 from amnp.compare import Entry, entry_title, parse_entry
 from amnp.training import TrainConfig, Trainer
 
@@ -58,22 +58,24 @@ def test_compare_writes_the_table_and_figures_and_skips_finished_runs(tmp_path, 
     assert {name: (out / name / "checkpoint.npz").read_bytes() for name in checkpoints} == checkpoints
 
 
-def test_compare_after_ctrl_c_keeps_finished_runs_and_continues(tmp_path, tiny, monkeypatch, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_compare_after_a_stop_signal_keeps_finished_runs_and_continues(tmp_path, tiny, monkeypatch, capsys,
+                                                                     stop_signals_as_from_a_shell, signum):
     out = tmp_path / "cmp"
     arguments = ["compare", "--out", str(out), "--iters", "4", "--batch-size", "8", "--losses", "softmax,arcface"]
     step = Trainer.train_step
 
     def interrupted(self, t):
         if self.config.loss == "arcface" and t == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return step(self, t)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
-    handler_before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert cli.main(arguments) == cli.EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGINT, handler_before)
+    assert cli.main(arguments) == 128 + signum
+    captured = capsys.readouterr()
+    assert "continue with: amnp compare --out" in captured.out
+    assert captured.err.strip().splitlines()[-1] == f"amnp: interrupted by {signal.Signals(signum).name}"
+    assert checkpoint.read(out / "arcface" / "checkpoint.npz")[2]["step"] == 2
     assert (out / "softmax" / "eval.json").exists() and not (out / "comparison.md").exists()
     monkeypatch.setattr(Trainer, "train_step", step)
     assert cli.main(arguments) == 0

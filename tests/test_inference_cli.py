@@ -163,6 +163,63 @@ def test_verify_needs_the_threshold_of_an_evaluated_run(trained, tmp_path, capsy
     assert f"run `amnp eval {run}` first" in capsys.readouterr().err
 
 
+def rewrite_checkpoint(run, change):
+    """Rewrite the checkpoint of ``run`` with ``change`` applied to its network's parameters
+    ({name: array} in place), as a damaged or hand-edited file would hold them."""
+    params, velocity, meta = checkpoint.read(run / "checkpoint.npz")
+    change({name: value for name, value in params.items() if name.startswith("net.")})
+    arrays = {f"param/{name}": value for name, value in params.items()}
+    arrays.update({f"velocity/{name}": value for name, value in velocity.items()})
+    np.savez(run / "checkpoint.npz", meta=np.array(json.dumps(meta)), **arrays)
+
+
+def first_weight_nan(params):
+    params[sorted(params)[0]][...] = np.nan
+
+
+def overflowing(params):
+    for value in params.values():
+        value *= 1e12
+
+
+@pytest.mark.parametrize("eval_json, change, message", [
+    (None, first_weight_nan, "checkpoint.npz: parameter net.{first} contains NaN or Inf; the network cannot be used"),
+    (None, overflowing, "gives NaN or Inf features for 2 of the 2 images (its activations overflow float32)"),
+    ('{"threshold": NaN, "mirror_fused": true}', None, "the threshold nan is not a finite number"),
+    ('{"threshold": -Infinity, "mirror_fused": true}', None, "the threshold -inf is not a finite number"),
+    ('{"threshold": "0.5", "mirror_fused": true}', None, "the threshold '0.5' is not a finite number"),
+    ('{"threshold": true, "mirror_fused": true}', None, "the threshold True is not a finite number"),
+    ('{"threshold": 0.5, "mirror_fused": tru', None, "eval.json is not valid JSON (Expecting value: line 1"),
+    ('[0.5]', None, "eval.json holds no decision threshold; run `amnp eval {run}` to rewrite it"),
+])
+def test_verify_refuses_a_run_that_cannot_decide(trained, tmp_path, capsys, eval_json, change, message):
+    """A NaN cosine or threshold would print "different identities" for any two images."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    if eval_json is not None:
+        (run / "eval.json").write_text(eval_json)
+    if change is not None:
+        rewrite_checkpoint(run, change)
+    image = str(trained["lfw"] / "Aa_A" / "Aa_A_0001.jpg")
+    assert cli.main(["verify", str(run), image, image]) == cli.EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    first = sorted(amnp.load_run(trained["run"]).net.state_dict())[0]
+    assert len(lines) == 1 and message.format(run=run, first=first) in lines[0], captured.err
+    assert captured.out == ""
+
+
+def test_eval_and_embed_refuse_a_nan_parameter(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("eval-*.json", "embeddings-*"))
+    rewrite_checkpoint(run, first_weight_nan)
+    for arguments in (["eval", str(run), "--pairs", str(trained["pairs"]), "--images", str(trained["lfw"])],
+                      ["embed", str(run), "--images", str(trained["lfw"]), "--out", str(tmp_path / "f.npz")]):
+        assert cli.main(arguments) == cli.EXIT_BAD_INPUT
+        assert "contains NaN or Inf; the network cannot be used" in capsys.readouterr().err
+    assert not (tmp_path / "f.npz").exists() and not (run / "eval-lfw.json").exists()
+
+
 def test_resume_refuses_options_added_later():
     parser = cli.build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]

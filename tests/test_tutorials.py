@@ -10,12 +10,15 @@ import json
 import math
 import os
 import re
+import runpy
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from .host_guard import guard, guard_parameters, transfers
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -241,6 +244,31 @@ def test_no_text_describes_the_old_checks_module():
     for path in [TUTORIALS / "README.md", TUTORIALS / "STUDENTS.md", *build.tutorial_files()]:
         text = path.read_text(encoding="utf-8")
         assert not [p for p in stale if re.search(p, text.replace("# ", ""))], path.name
+
+
+def test_a_tutorial_runs_from_a_checkout_without_installing(outside_the_checkout):
+    cwd, env = outside_the_checkout
+    done = subprocess.run([sys.executable, str(TUTORIALS / "10_training_on_a_gpu.py")], capture_output=True,
+                          text=True, timeout=180, cwd=cwd, env=dict(env, AMNP_TUTORIAL_QUICK="1", MPLBACKEND="Agg"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[ok] measure" in done.stdout
+
+
+def test_tutorial_10_times_steps_that_read_nothing_back(tmp_path, monkeypatch):
+    """Its timing without synchronisation must time the launches alone: a step that read
+    values back would wait for the device three times."""
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the tutorial sets them
+        monkeypatch.setenv(key, os.environ.get(key, "1"))
+    tutorial = runpy.run_path(str(TUTORIALS / "10_training_on_a_gpu.py"))
+    net, classifier = tutorial["build"]("numpy")
+    guard_parameters(net)
+    guard_parameters(classifier)
+    x, y = guard(tutorial["x_host"]), guard(tutorial["y_host"])
+    with transfers() as count:
+        tutorial["train_step"](net, classifier, x, y)
+    assert count.downloads == 0
 
 
 def test_derivation_anchors_exist():

@@ -202,18 +202,19 @@ def check_margin_and_scale(m, s, where):
         raise ValueError(f"{where}: the scale s must be a finite number > 0, got {s}")
 
 
-def am_softmax_forward(cos, labels, m=0.35, s=30.0, conditional=False):
+def am_softmax_forward(cos, labels, m=0.35, s=30.0, conditional=False, check_values=True):
     """AM-Softmax on cosines: the margin-softmax core with ψ(c) = c − m and a fixed s.
 
     cos: (N, C) cosines; labels: (N,) ints in [0, C).
     z_nj = s (cos_nj − m·[j = y_n]), loss = −(1/N) Σ_n log softmax(z_n)[y_n].
     Only the target column moves; m = 0 gives the normalised softmax (NormFace).
     conditional=True subtracts m only where cos θ_y > m (see additive_margin: the
-    loss jumps where cos θ_y crosses m).
+    loss jumps where cos θ_y crosses m).  ``check_values=False`` skips the checks
+    that read values back from the device (see check_scores_and_labels).
     """
     check_margin_and_scale(m, s, "am_softmax")
     return margin_softmax_forward(cos, labels, lambda c: additive_margin(c, m, conditional), s,
-                                  "am_softmax")
+                                  "am_softmax", check_values)
 
 
 def am_softmax_backward(dout, cache: MarginSoftmaxCache):

@@ -1,0 +1,133 @@
+"""Stop signals sent to a real `amnp` process: Ctrl-C (SIGINT), a scheduler's preemption or
+`kill` (SIGTERM) and a closed terminal (SIGHUP) each end training with a checkpoint of the
+last step trained and the exit code 128 + the signal's number; the run resumes to
+bit-for-bit the parameters of an uninterrupted run.  Outside the training loop a signal
+ends the command with the same code and one line, no traceback."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from amnp import checkpoint
+from amnp.training import Trainer
+
+from .test_training import config, tiny_dataset
+
+STEPS = 120  # long enough that a signal sent after the first log (step 20) arrives mid-run
+TRAIN = ["train", "--iters", str(STEPS), "--batch-size", "4", "--no-eval"]
+
+
+def with_default_stop_signals():
+    """The child starts as from an interactive shell: a test runner started as a background
+    job (CI) has SIGINT ignored, and its children would inherit that."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def amnp_process(arguments, cwd):
+    return subprocess.Popen([sys.executable, "-m", "amnp", *arguments], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=with_default_stop_signals,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1"))
+
+
+def logged_steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(condition, process, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"amnp ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The arrays of the checkpoint of the run trained straight to the end."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    done = subprocess.run([sys.executable, "-m", "amnp", *TRAIN, "--out", str(out)], capture_output=True,
+                          text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    return checkpoint.read(out / "checkpoint.npz")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_saves_the_last_step_and_the_run_resumes_bit_identical(tmp_path, uninterrupted,
+                                                                            signum, code):
+    out = tmp_path / "run"
+    process = amnp_process([*TRAIN, "--out", str(out)], tmp_path)
+    wait_until(lambda: logged_steps(out), process, "logged step")
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"amnp: interrupted by {signal.Signals(signum).name}"
+    assert "Traceback" not in stderr
+    trained = int(stdout.split("interrupted at step ")[1].split()[0])
+    saved = checkpoint.read(out / "checkpoint.npz")[2]["step"]
+    assert saved == trained and logged_steps(out)[-1] <= trained < STEPS
+    assert f"continue with: amnp train --resume {out}" in stdout
+
+    resumed = subprocess.run([sys.executable, "-m", "amnp", "train", "--resume", str(out), "--no-eval"],
+                             capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {out} at step {trained} of {STEPS}" in resumed.stdout
+    params, velocity, meta = checkpoint.read(out / "checkpoint.npz")
+    straight_params, straight_velocity, straight_meta = uninterrupted
+    assert meta["step"] == straight_meta["step"] == STEPS
+    for mine, theirs in ((params, straight_params), (velocity, straight_velocity)):
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+
+
+def test_sigterm_outside_the_training_loop_ends_the_command_with_one_line(tmp_path):
+    """Training finished; the held-out evaluation (seconds on the glyphs) is under way."""
+    process = amnp_process(["train", "--iters", "2", "--batch-size", "4", "--out", str(tmp_path / "run")], tmp_path)
+    lines = []
+    wait_until(lambda: lines.append(process.stdout.readline()) or "finished at step 2" in lines[-1],
+               process, "end of training")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert stderr.strip() == "amnp: interrupted by SIGTERM"
+
+
+def signalled_at(trainer, step, signum):
+    """Make ``trainer`` send ``signum`` to this process as step ``step`` begins."""
+    train_step = trainer.train_step
+
+    def step_sending(t):
+        if t == step:
+            os.kill(os.getpid(), signum)
+        return train_step(t)
+
+    trainer.train_step = step_sending
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_the_trainer_stops_on_sigterm_and_sighup_as_on_ctrl_c(tmp_path, stop_signals_as_from_a_shell, signum):
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    signalled_at(trainer, 2, signum)
+    assert trainer.train() == "interrupted" and trainer.stopped_by == signum
+    assert checkpoint.read(tmp_path / "checkpoint.npz")[2]["step"] == 3
+    assert signal.getsignal(signum) is stop_signals_as_from_a_shell, "the previous handler is back"
+    assert trainer.train() == "finished", "a new call trains on"
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path, stop_signals_as_from_a_shell):
+    """`nohup amnp train ... &`: SIGHUP and SIGINT are ignored, and training goes on."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    signalled_at(trainer, 2, signal.SIGHUP)
+    signalled_at(trainer, 3, signal.SIGINT)
+    assert trainer.train() == "finished" and trainer.stopped_by is None
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
