@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -93,8 +94,7 @@ def _locked(lock, run_dir) -> bool:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            lock.seek(0)
-            pid, _, doing = lock.read().strip().partition(" ")
+            pid, _, doing = _holder(lock).partition(" ")
             holder = f"process {pid} ({doing})" if pid else "another process"
             raise RunInUse(f"{run_dir} is in use by {holder}; a run directory takes one writer at a "
                            "time: wait for that process to end, or use another directory") from None
@@ -105,6 +105,19 @@ def _locked(lock, run_dir) -> bool:
     warnings.warn(f"cannot lock {run_dir} {unavailable}: nothing stops a second amnp process "
                   "from writing to it at the same time", stacklevel=4)
     return False
+
+
+def _holder(lock, patience: float = 2.0) -> str:
+    """The "pid doing" line of a lock another process holds.  It writes the line just after
+    taking the lock, so a process that lost the race by microseconds waits for it (at most
+    ``patience`` seconds; "" if it never comes)."""
+    deadline = time.monotonic() + patience
+    while True:
+        lock.seek(0)
+        line = lock.read().strip()
+        if line or time.monotonic() > deadline:
+            return line
+        time.sleep(0.02)
 
 
 def _temporary_name(path):

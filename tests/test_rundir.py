@@ -7,13 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from amnp import checkpoint, cli
+from amnp import checkpoint, cli, rundir
 from amnp.data import load_folder_dataset
 
 from .test_inference_cli import write_tree
@@ -91,6 +92,24 @@ def together(config):  # called before the run directory is touched: both proces
 cli.choose_backend = together
 sys.exit(cli.main(sys.argv[2:]))
 """
+
+
+@pytest.mark.skipif(rundir.fcntl is None, reason="no fcntl here: directories are not locked")
+def test_the_loser_of_a_close_race_waits_for_the_holder_to_write_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock: a process that finds the lock
+    taken but the file still empty waits for the pid instead of naming nobody."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / rundir.LOCK_FILE, "a+") as taken:
+        rundir.fcntl.flock(taken.fileno(), rundir.fcntl.LOCK_EX | rundir.fcntl.LOCK_NB)
+        late = threading.Timer(0.3, lambda: (taken.write("4242 training\n"), taken.flush()))
+        late.start()
+        try:
+            with pytest.raises(rundir.RunInUse, match="in use by process 4242 \\(training\\)"):
+                with rundir.hold(str(run), "training"):
+                    pass
+        finally:
+            late.join()
 
 
 def test_two_new_runs_in_one_directory_one_trains_the_other_fails(faces, tmp_path):
