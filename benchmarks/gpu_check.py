@@ -452,39 +452,41 @@ def main(argv=None):
           f"on {device}")
     for line in precision_settings(os.environ, capability):
         print(f"  {line}")
-    failures, results = [], {}
+    outcomes, results = {}, {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-kernels-") as kernel_cache:
         for label, spec in pieces(args):
-            seconds = deadline - time.monotonic()
             environment = dict(os.environ, CUPY_CACHE_DIR=kernel_cache, CUPY_TF32=str(int(spec.get("tf32", 0))),
                                PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
-            if seconds < 10:
-                print(format_row(label, "skipped", "--time-limit reached"), flush=True)
-                continue
-            if spec["kind"] == "torch" and importlib.util.find_spec("torch") is None:
-                print(format_row(label, "skipped", "PyTorch is not installed"), flush=True)
-                continue
-            if spec["kind"] == "pytest":
-                if args.numpy:
-                    print(format_row(label, "skipped", "a rehearsal on NumPy has no GPU tests to run"), flush=True)
-                    continue
-                passed, summary = parity_tests(environment, seconds)
-                print(format_row(label, "passed" if passed else "FAILED", summary), flush=True)
-                failures += [] if passed else [label]
-                continue
-            result, problem = run_piece(spec, environment, seconds)
-            if problem or "skipped" in result:
-                print(format_row(label, "FAILED" if problem else "skipped", problem or result["skipped"]),
-                      flush=True)
-                failures += [label] if problem else []
-                continue
-            results[spec["kind"], spec["tf32"], spec.get("channels_last", False)] = result
-            for row in report(label, spec, result, results):
+            outcome, rows = run(label, spec, environment, deadline - time.monotonic(), results)
+            outcomes.setdefault(outcome, []).append(label)
+            for row in rows:
                 print(row, flush=True)
-            failures += [f"{label}: step against NumPy"] if not result.get("parity", (True,))[0] else []
-    print(f"\n{'every check passed' if not failures else 'FAILED: ' + '; '.join(failures)} "
-          f"({args.time_limit - (deadline - time.monotonic()):.0f} s)")
-    sys.exit(1 if failures else 0)
+    print(f"\n{len(outcomes.get('passed', []))} passed, {len(outcomes.get('skipped', []))} skipped"
+          + "".join(f"; FAILED: {label}" for label in outcomes.get("FAILED", []))
+          + f" ({args.time_limit - (deadline - time.monotonic()):.0f} s)")
+    sys.exit(1 if "FAILED" in outcomes else 0)
+
+
+def run(label, spec, environment, seconds, results):
+    """("passed" | "skipped" | "FAILED", rows to print) for one piece given ``seconds`` at most;
+    a piece's result joins ``results``, by (kind, tf32, channels_last), for later ratios."""
+    if seconds < 10:
+        return "skipped", [format_row(label, "skipped", "--time-limit reached")]
+    if spec["kind"] == "torch" and importlib.util.find_spec("torch") is None:
+        return "skipped", [format_row(label, "skipped", "PyTorch is not installed")]
+    if spec["kind"] == "pytest":
+        if spec["numpy"]:
+            return "skipped", [format_row(label, "skipped", "a rehearsal on NumPy has no GPU tests to run")]
+        passed, summary = parity_tests(environment, seconds)
+        return ("passed" if passed else "FAILED"), [format_row(label, "passed" if passed else "FAILED", summary)]
+    result, problem = run_piece(spec, environment, seconds)
+    if problem:
+        return "FAILED", [format_row(label, "FAILED", problem)]
+    if "skipped" in result:
+        return "skipped", [format_row(label, "skipped", result["skipped"])]
+    results[spec["kind"], spec["tf32"], spec.get("channels_last", False)] = result
+    passed = result.get("parity", (True,))[0]
+    return ("passed" if passed else "FAILED"), report(label, spec, result, results)
 
 
 def report(label, spec, result, results):
