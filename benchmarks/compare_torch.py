@@ -74,18 +74,37 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def amnp_training(model, batch_size, classes):
-    """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
-    import amnp
+def amnp_model(model, classes):
+    """(network, AM-Softmax head) on the current backend, the same weights every call."""
     from amnp import models
-    from amnp.heads import TrainingModel, build_head
-    from amnp.optim import SGD
+    from amnp.heads import build_head
 
     net = models.build(model, rng=0)
-    head = build_head("am-softmax", models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
-    optimizer = SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
+    return net, build_head("am-softmax", models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
+
+
+def amnp_optimizer(net, head):
+    """SGD with momentum and weight decay over the network's and the head's parameters."""
+    from amnp.heads import TrainingModel
+    from amnp.optim import SGD
+
+    return SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
+
+
+def amnp_batch(model, batch_size, classes):
+    """make_batch's images and labels for ``model``, on the current backend."""
+    import amnp
+    from amnp import models
+
     x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
-    x, y = amnp.asarray(x), amnp.asarray(y)
+    return amnp.asarray(x), amnp.asarray(y)
+
+
+def amnp_training(model, batch_size, classes):
+    """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
+    net, head = amnp_model(model, classes)
+    optimizer = amnp_optimizer(net, head)
+    x, y = amnp_batch(model, batch_size, classes)
 
     def step():
         head.forward(net.forward(x), y, check_values=False)  # as the trainer: no host reads
@@ -122,12 +141,7 @@ class TorchModel:
     def __init__(self, model, classes, device="cpu"):
         import torch
 
-        from amnp import models
-        from amnp.heads import build_head
-
-        self.net = models.build(model, rng=0)
-        head = build_head("am-softmax", models.embedding_size(self.net), classes, m=MARGIN, s=SCALE,
-                          rng=1)
+        self.net, head = amnp_model(model, classes)
         self.params, self.decayed = {}, set()
         for name, owner, key in self.net.named_parameters():
             self.params[name] = torch.tensor(owner.params[key], device=device, requires_grad=True)
@@ -250,17 +264,11 @@ def amnp_breakdown(model, batch_size, classes, repeats):
     steps: the median over ``repeats`` steps (after WARM_UP_STEPS) of each layer's forward
     and backward, each residual sum (the residual block's time less its layers'), the head,
     and the SGD update (its time in the forward column)."""
-    import amnp
     from amnp import layers as L
-    from amnp import models
-    from amnp.heads import TrainingModel, build_head
-    from amnp.optim import SGD
 
-    net = models.build(model, rng=0)
-    head = build_head("am-softmax", models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
-    optimizer = SGD(TrainingModel(net, head), MOMENTUM, WEIGHT_DECAY)
-    x, y = make_batch(models.PRESETS[model][3], batch_size, classes)
-    x, y = amnp.asarray(x), amnp.asarray(y)
+    net, head = amnp_model(model, classes)
+    optimizer = amnp_optimizer(net, head)
+    x, y = amnp_batch(model, batch_size, classes)
     ops, _ = network_ops(net, x, lambda layer, x, prefix: layer.forward(x))
     times = [([], []) for _ in ops]
     inner = [0.0]  # seconds spent in timed ops so far: a residual block's own time excludes them

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..validation import floating_array, same_dtype
 
@@ -75,10 +77,23 @@ def prelu_backward(dout, cache: PReLUCache):
     negative_part, weight, positive = cache
     slope = weight.reshape(_slope_shape(negative_part, weight))
     dx = dout * (positive + slope * ~positive)  # exactly 1 or exactly the slope
-    # einsum sums the products without storing them: one pass over memory instead of two
-    per_sample = (dout.shape[0], dout.shape[1], -1)  # (N, C, everything else)
-    dweight = get_array_module(dout).einsum(
-        "ncs,ncs->c", dout.reshape(per_sample), negative_part.reshape(per_sample))
+    dweight = _sum_of_products_per_channel(dout, negative_part)
     if weight.shape[0] == 1:
         dweight = dweight.sum(keepdims=True)
     return dx, dweight
+
+
+def _sum_of_products_per_channel(a, b):
+    """Σ over every axis but 1 of a · b: (N, C, ...) twice -> (C,).
+
+    Each backend gets the formulation it runs fastest.  NumPy's einsum sums the products
+    without storing them, one pass over memory (2 to 4 times as fast as a product and a
+    sum, measured on SphereFace-20's and the small preset's PReLU shapes, either memory
+    layout).  CuPy's einsum is a tensordot: transposing copies and a batched GEMM with one
+    output per channel; there a product and a sum over axes (0, 2, ...) is one elementwise
+    kernel and one reduction kernel."""
+    xp = get_array_module(a, b)
+    if xp is np:
+        per_sample = (a.shape[0], a.shape[1], -1)  # (N, C, everything else)
+        return np.einsum("ncs,ncs->c", a.reshape(per_sample), b.reshape(per_sample))
+    return (a * b).sum(axis=(0,) + tuple(range(2, a.ndim)))

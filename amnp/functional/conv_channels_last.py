@@ -33,7 +33,8 @@ chunk size changes the order of the sums in dw, not the result beyond rounding.
 Inputs with few channels (the first layer: 1 or 3) copy runs of only kw·C = 3 to 9 values
 and scatter dx in runs of C; there the plain version measured faster (the small preset's
 first layer: forward 1.4 to 2×, backward 2×, one thread), so :class:`amnp.layers.Conv2d`
-keeps it below 8 channels.
+keeps it below 8 channels, and on CuPy runs it not at all
+(:func:`amnp.layers.core.runs_channels_last` says why).
 
 This replaced a formulation on flattened NCHW rows (windows as one long slice per sample
 and channel, on an extended grid with junk columns): measured alone, op by op, the

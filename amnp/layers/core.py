@@ -4,12 +4,33 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..backend import get_array_module
 from .. import init as param_init
 from ..functional.normalize import DEFAULT_EPS
 from ..validation import positive_int, window
 from .base import Layer
 
 CHANNELS_LAST_MIN_CHANNELS = 8
+
+
+def runs_channels_last(xp, in_channels) -> bool:
+    """Whether :class:`Conv2d` runs the channels-last convolution on array module ``xp``
+    (the plain im2col otherwise): each backend gets the layout it runs fastest.
+
+    NumPy: from CHANNELS_LAST_MIN_CHANNELS input channels.  Its window gather copies runs
+    of kw·C values, too short below that (the first layer's 1 or 3 channels), where the
+    plain im2col's runs of Wo values are longer; and NumPy's elementwise ops keep the
+    channels-last memory of their inputs, so PReLU passes it on to the next convolution
+    as a view.
+
+    Any other module (CuPy): never.  There a gather is one kernel whatever the length of
+    the runs, so channels-last saves nothing, and it costs copies: CuPy does not keep
+    NumPy's output layouts (its elementwise kernels allocate C-contiguous outputs), so the
+    PReLU after each convolution turns the channels-last view back into (N, C, H, W)
+    memory, and every convolution would pay a transposing copy of its input, and in
+    backward of its dout, that the plain im2col does not need.
+    """
+    return xp is np and in_channels >= CHANNELS_LAST_MIN_CHANNELS
 
 
 class Linear(Layer):
@@ -49,9 +70,10 @@ class Conv2d(Layer):
     """2-D convolution.  x: (N, in_channels, H, W) -> (N, out_channels, Ho, Wo).
 
     weight (out_channels, in_channels, kh, kw), bias (out_channels,); zero padding.
-    Inputs with 8 channels or more run the channels-last convolution
+    Which of the two convolutions runs is decided per call by :func:`runs_channels_last`:
+    on NumPy, inputs with 8 channels or more run the channels-last convolution
     (:mod:`amnp.functional.conv_channels_last`), whose outputs are channels-last views;
-    others the plain im2col.  Both compute the same function.
+    everything else (CuPy included) the plain im2col.  Both compute the same function.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -69,21 +91,20 @@ class Conv2d(Layer):
         if bias:
             self.add_parameter("bias", param_init.constant((self.out_channels,), 0.0, dtype), weight_decay=False)
 
-    def _pair(self):
-        """The functional pair for this layer: channels-last copies runs of C values, too
-        short below CHANNELS_LAST_MIN_CHANNELS (the first layer's 1 or 3 channels), where
-        the plain im2col's runs of Wo values are longer."""
-        if self.in_channels >= CHANNELS_LAST_MIN_CHANNELS:
+    def _pair(self, array):
+        """The functional pair for ``array``'s backend (forward's input, backward's dout:
+        one backend, so both calls pick the same pair)."""
+        if runs_channels_last(get_array_module(array), self.in_channels):
             return F.channels_last_conv2d_forward, F.channels_last_conv2d_backward
         return F.conv2d_forward, F.conv2d_backward
 
     def forward(self, x):
-        out, self._cache = self._pair()[0](
+        out, self._cache = self._pair(x)[0](
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
         return out
 
     def backward(self, dout):
-        dx, self.grads["weight"], db = self._pair()[1](dout, self._last_cache())
+        dx, self.grads["weight"], db = self._pair(dout)[1](dout, self._last_cache())
         if db is not None:
             self.grads["bias"] = db
         return dx
