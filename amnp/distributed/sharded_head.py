@@ -1,0 +1,225 @@
+"""A margin head whose classes are split across ranks (model parallelism for the classifier).
+
+With many identities the classifier's weight (C × D) outgrows one device long before the
+network does.  Here each rank owns a contiguous slice of the classes, ``class_range(C, size,
+rank)``, and the batch is the union of every rank's local batch:
+
+forward, on every rank
+    x̂, ‖x‖ = normalise the local embeddings                      (local rows)
+    X̂, ‖X‖, Y = all-gather them and the labels                   (all N rows)
+    cos = X̂ Ŵ_rᵀ                                                   (N × C_r, this rank's classes)
+    t = cos with ψ(cos θ_y) in the target column where this rank owns y_n
+    z = scale · t
+    M = all-reduce MAX of each row's max z                         (N numbers)
+    [S, z_y, owned] = all-reduce SUM of Σ_j exp(z − M), the target logit where owned, and
+                      whether this rank owns the label                (3N numbers)
+    loss = mean over the N rows of log S + M − z_y                 (the same on every rank)
+
+backward
+    dz = (softmax − onehot) / N on this rank's columns; dt = scale·dz, ψ' on the target column
+    dŴ_r = dtᵀ X̂: the weight slice's gradient is local and exact (it sees all N rows), so
+         momentum and weight decay act on the slice alone, and nothing about W is sent
+    dX̂ = dt Ŵ_r is only this rank's classes' share of each row's gradient: the full gradient
+         of row n is the sum over ranks, and only the rank that holds row n needs it, so a
+         reduce-scatter (sum, then each rank keeps its rows) returns it: N × D numbers in, the
+         local n × D out, half the traffic of an all-reduce.  For the feature-norm scale the
+         per-row dL/d‖x‖ partial sums ride in the same buffer as one more column.
+
+The loss is the mean over the global batch, so each rank's embedding gradient is already its
+share of the global mean's gradient: the network's gradients must be *summed* over ranks, not
+averaged (see :func:`amnp.distributed.all_reduce_gradients`).  The head's own gradients are
+complete on every rank after backward: the weight slice's is local, a learned scale's is
+all-reduced here; they must not be all-reduced again.
+
+Labels are not read back to check their range (that would stop the device every step); a label
+that no rank owns makes its row's loss NaN instead of a wrong finite number.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import get_array_module
+from ..functional.normalize import DEFAULT_EPS
+from ..layers import Layer
+from ..validation import floating_array, same_dtype
+from .communicator import Communicator
+
+
+def class_range(num_classes: int, size: int, rank: int) -> tuple[int, int]:
+    """The classes [start, stop) of ``rank``: contiguous slices, the first ``num_classes % size``
+    ranks one class larger, so shards differ by at most one class."""
+    if num_classes < size:
+        raise ValueError(f"sharded head: {num_classes} classes cannot be split over {size} ranks; "
+                         "every rank needs at least one class")
+    base, extra = divmod(num_classes, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+class ClassShard(Layer):
+    """This rank's slice of the cosine layer's weight: ``params["weight"]`` (stop − start, D),
+    the classes [start, stop) of ``num_classes``."""
+
+    def __init__(self, weight, start: int, stop: int, num_classes: int, eps: float = DEFAULT_EPS):
+        super().__init__()
+        self.add_parameter("weight", weight)
+        self.start, self.stop, self.num_classes, self.eps = start, stop, num_classes, eps
+
+    def forward(self, x_hat):
+        """x_hat: (N, D) normalised features -> (N, stop − start) cosines."""
+        out, self._cache = F.cosine_forward(x_hat, self.params["weight"], normalize_features=False,
+                                            eps=self.eps)
+        return out
+
+    def backward(self, dout):
+        dx_hat, self.grads["weight"] = F.cosine_backward(dout, self._last_cache())
+        return dx_hat
+
+    def extra_repr(self):
+        return f"classes {self.start}:{self.stop} of {self.num_classes}"
+
+
+class ShardedMarginHead(Layer):
+    """A :class:`~amnp.heads.MarginHead` with its classes split across the ranks of ``comm``.
+
+    Made from a MarginHead with :meth:`from_head` (or :func:`build_sharded_head`), whose margin,
+    scale and learned scale it takes, and whose weight rows of this rank's classes it copies.
+    The calls are the MarginHead's: ``loss = head.forward(local_embeddings, local_labels)``
+    (a 0-d array, the mean over the global batch, the same on every rank),
+    ``d_local_embeddings = head.backward()``, ``head.params`` / ``head.grads``
+    (``classifier.weight``: this rank's slice; ``scale``: a learned s, the same on every rank),
+    ``set_step`` and ``schedule``.  Every rank calls forward and backward together.
+    """
+
+    def __init__(self, margin, shard: ClassShard, comm: Communicator, s=None, scale=None,
+                 name="margin_softmax"):
+        super().__init__()
+        self.margin, self.classifier, self.comm, self.s, self.name = margin, shard, comm, s, name
+        if scale is not None:
+            self.add_parameter("scale", scale, weight_decay=False)
+
+    @classmethod
+    def from_head(cls, head, comm: Communicator) -> "ShardedMarginHead":
+        """This rank's shard of ``head`` (copies: the head itself is left as it is)."""
+        from ..heads import MarginHead
+
+        if not isinstance(head, MarginHead):
+            raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
+                            f"got {type(head).__name__}")
+        classifier = head.classifier
+        start, stop = class_range(classifier.num_classes, comm.size, comm.rank)
+        shard = ClassShard(classifier.params["weight"][start:stop].copy(), start, stop,
+                           classifier.num_classes, classifier.eps)
+        scale = head.params["scale"].copy() if "scale" in head.params else None
+        return cls(head.margin, shard, comm, s=head.s, scale=scale, name=head.name)
+
+    def children(self):
+        return [("classifier", self.classifier)]
+
+    def set_step(self, step: int) -> None:
+        self.margin.set_step(step)
+
+    def schedule(self) -> dict:
+        values = dict(self.margin.current)
+        if "scale" in self.params:
+            values["s"] = self._learned_scale()[0]
+        return values
+
+    def _learned_scale(self):
+        from ..heads import SCALE_FLOOR
+
+        return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
+
+    def forward(self, embeddings, labels):
+        shard, comm = self.classifier, self.comm
+        where = f"sharded {self.name}"
+        floating_array(embeddings, 2, "(N, D)", where, "embeddings")
+        same_dtype(where, embeddings=embeddings, weight=shard.params["weight"])
+        if embeddings.shape[1] != shard.params["weight"].shape[1]:
+            raise ValueError(f"{where}: embeddings have {embeddings.shape[1]} features but the "
+                             f"weight expects {shard.params['weight'].shape[1]}")
+        if not hasattr(labels, "dtype") or labels.dtype.kind not in "iu" or labels.shape != embeddings.shape[:1]:
+            raise ValueError(f"{where}: expected integer labels of shape ({embeddings.shape[0]},), got "
+                             f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+        xp = get_array_module(embeddings, labels, shard.params["weight"])
+        feature_norm_scale = self.s is None and "scale" not in self.params
+
+        sizes = comm.all_gather_sizes(embeddings.shape[0])
+        x_hat, x_norm_cache = F.l2_normalize_forward(embeddings, shard.eps)
+        local = xp.concatenate([x_hat, x_norm_cache.norm], axis=1) if feature_norm_scale else x_hat
+        gathered = comm.all_gather(xp.ascontiguousarray(local), sizes)
+        all_labels = comm.all_gather(xp.ascontiguousarray(labels), sizes)
+        all_x_hat = gathered[:, :x_hat.shape[1]]
+        if feature_norm_scale:
+            scale = xp.ascontiguousarray(gathered[:, -1:])
+        else:
+            scale = self._learned_scale() if "scale" in self.params else self.s
+
+        cos = shard.forward(xp.ascontiguousarray(all_x_hat))
+        rows = xp.arange(cos.shape[0])
+        owned = (all_labels >= shard.start) & (all_labels < shard.stop)
+        # every row reads one column of this shard: its label's where owned, a stand-in
+        # column elsewhere, whose ψ is computed and discarded (no data-dependent shapes,
+        # which would read the mask back from the device)
+        column = xp.clip(all_labels - shard.start, 0, cos.shape[1] - 1)
+        target_cos = cos[rows, column]
+        psi, slope = self.margin(target_cos)
+        modified = cos.copy()
+        modified[rows, column] = xp.where(owned, psi, target_cos)
+        logits = scale * modified
+
+        row_max = comm.all_reduce(logits.max(axis=1), "max")
+        exp = xp.exp(logits - row_max[:, None])
+        sums = comm.all_reduce(xp.stack([
+            exp.sum(axis=1), xp.where(owned, logits[rows, column], 0), owned.astype(logits.dtype)], axis=1))
+        exp_sum, target_logit, owners = sums[:, 0], sums[:, 1], sums[:, 2]
+        # a label outside [0, C) has no owner: NaN, not a finite loss without its target
+        unowned = xp.where(owners == 1, 0, xp.nan).astype(logits.dtype)
+        loss = (xp.log(exp_sum) + row_max - target_logit + unowned).mean()
+        self._cache = (sizes, x_hat, x_norm_cache, exp / exp_sum[:, None], modified, owned, column,
+                       slope, scale, feature_norm_scale)
+        return loss
+
+    def backward(self, dout=1.0):
+        """dLoss/d(local embeddings) for the last forward; fills the shard's and the learned
+        scale's gradients (complete on every rank: not to be all-reduced again)."""
+        (sizes, x_hat, x_norm_cache, probs, modified, owned, column, slope, scale,
+         feature_norm_scale) = self._last_cache()
+        xp = get_array_module(probs)
+        rows = xp.arange(probs.shape[0])
+        dlogits = probs.copy()
+        dlogits[rows, column] -= owned
+        dlogits *= dout / probs.shape[0]
+        dcos = scale * dlogits
+        dcos[rows, column] *= xp.where(owned, slope, 1)
+        partial_dx_hat = self.classifier.backward(dcos)
+        if feature_norm_scale:
+            partial_dnorm = (dlogits * modified).sum(axis=1, keepdims=True)
+            mine = self.comm.reduce_scatter(xp.concatenate([partial_dx_hat, partial_dnorm], axis=1), sizes)
+            dx = F.l2_normalize_backward(mine[:, :-1], x_norm_cache) + mine[:, -1:] * x_hat
+        else:
+            dx = F.l2_normalize_backward(self.comm.reduce_scatter(partial_dx_hat, sizes), x_norm_cache)
+        if "scale" in self.params:
+            from ..heads import SCALE_FLOOR
+
+            dscale = self.comm.all_reduce((dlogits * modified).sum().reshape(1))
+            self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.name}, {self.classifier.extra_repr()}, rank {self.comm.rank} of {self.comm.size}"
+
+
+def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: Communicator, *,
+                       dtype=np.float32, rng=None, **options) -> ShardedMarginHead:
+    """This rank's shard of ``amnp.heads.build_head(loss, ...)``, options checked as there.
+
+    Every rank draws the full weight from ``rng`` and keeps its rows, so with the same seed
+    the sharded head starts exactly where the single-process head does, whatever the number
+    of ranks; the full C × D draw is held once, briefly, on each rank.
+    """
+    from ..heads import build_head
+
+    return ShardedMarginHead.from_head(
+        build_head(loss, embedding_size, num_classes, dtype=dtype, rng=rng, **options), comm)

@@ -1,0 +1,186 @@
+"""Checks of amnp.distributed that run on any communicator: in one process on simulated ranks
+(tests/test_distributed.py) and as real processes under MPI:
+
+    mpiexec -n 3 python -m mpi4py tests/distributed_cases.py sharded_head data_parallel training
+
+Every rank computes the single-process reference itself, from the same seeds, and compares
+its own part of the distributed result with it; a mismatch raises AssertionError (under
+``-m mpi4py`` that aborts the whole job with a non-zero exit).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from amnp import functional as F
+from amnp import models
+from amnp.distributed import all_reduce_gradients, build_sharded_head, class_range
+from amnp.heads import TrainingModel, build_head
+from amnp.optim import SGD
+
+EMBEDDING, CLASSES = 5, 7          # 7 classes: shards of 7 / 4+3 / 3+2+2
+ROWS_PER_RANK = {1: (12,), 2: (7, 5), 3: (4, 3, 5)}  # uneven local batches
+TOLERANCE = 1e-10
+
+# every member of the margin family, with the options that change how its scale works
+HEADS = [
+    ("normface", {}),
+    ("normface", {"learn_scale": True, "s": 4.0}),
+    ("am-softmax", {}),
+    ("am-softmax", {"conditional_margin": True}),
+    ("am-softmax", {"normalize_features": False}),  # scale = ‖f‖, margin ramp
+    ("sphereface", {}),                              # scale = ‖f‖, λ schedule
+    ("arcface", {}),
+    ("combined", {}),
+]
+STEP = 3000  # past the warm-ups, so every ψ is far from the identity
+
+
+def local_rows(comm) -> slice:
+    sizes = ROWS_PER_RANK[comm.size]
+    start = sum(sizes[:comm.rank])
+    return slice(start, start + sizes[comm.rank])
+
+
+def relative_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-300))
+
+
+def batch(seed=0):
+    rng = np.random.default_rng(seed)
+    n = sum(ROWS_PER_RANK[1])
+    return rng.standard_normal((n, EMBEDDING)) * 2, rng.integers(0, CLASSES, n)
+
+
+def sharded_head_errors(comm, loss, options) -> dict:
+    """Relative errors of the sharded head against the single-process MarginHead on one batch."""
+    embeddings, labels = batch()
+    reference = build_head(loss, EMBEDDING, CLASSES, dtype=np.float64, rng=0, **options)
+    reference.set_step(STEP)
+    expected_loss = reference.forward(embeddings, labels)
+    expected_d = reference.backward()
+
+    head = build_sharded_head(loss, EMBEDDING, CLASSES, comm, dtype=np.float64, rng=0, **options)
+    head.set_step(STEP)
+    mine = local_rows(comm)
+    start, stop = class_range(CLASSES, comm.size, comm.rank)
+    errors = {
+        "loss": relative_error(head.forward(embeddings[mine], labels[mine]), expected_loss),
+        "embeddings": relative_error(head.backward(), expected_d[mine]),
+        "weight": relative_error(head.classifier.grads["weight"],
+                                 reference.classifier.grads["weight"][start:stop]),
+    }
+    if "scale" in reference.params:
+        errors["scale"] = relative_error(head.grads["scale"], reference.grads["scale"])
+    return errors
+
+
+def check_sharded_head(comm):
+    for loss, options in HEADS:
+        errors = sharded_head_errors(comm, loss, options)
+        assert max(errors.values()) < TOLERANCE, (loss, options, comm.size, errors)
+
+
+def network():
+    return models.sphereface(4, widths=(2, 2, 3, 3), in_channels=1, input_size=(8, 8),
+                             embedding_size=EMBEDDING, dtype=np.float64, rng=0)
+
+
+def images(seed=1):
+    rng = np.random.default_rng(seed)
+    n = sum(ROWS_PER_RANK[1])
+    return rng.standard_normal((n, 1, 8, 8)), rng.integers(0, CLASSES, n)
+
+
+def network_gradients(net, x, labels, n_global):
+    """The gradients of the global batch's mean softmax cross-entropy (of the embeddings as
+    logits) over the rows ``x``: the local mean's gradient times n_local / n_global."""
+    embeddings = net.forward(x)
+    _, cache = F.softmax_cross_entropy_forward(embeddings, labels % EMBEDDING)
+    net.backward(F.softmax_cross_entropy_backward(len(x) / n_global, cache))
+    return [owner.grads[key] for _, owner, key in net.named_parameters()]
+
+
+def data_parallel_error(comm) -> float:
+    """The largest relative error, over the parameters, of the split batch's all-reduced
+    gradients against the whole batch's."""
+    x, labels = images()
+    expected = [g.copy() for g in network_gradients(network(), x, labels, len(x))]
+    mine = local_rows(comm)
+    gradients = network_gradients(network(), x[mine], labels[mine], len(x))
+    all_reduce_gradients(comm, gradients)
+    return max(relative_error(g, e) for g, e in zip(gradients, expected))
+
+
+def check_data_parallel(comm):
+    error = data_parallel_error(comm)
+    assert error < 1e-12, (comm.size, error)
+
+
+def train(comm=None, steps=4, average=False, loss="am-softmax", options=None):
+    """A few SGD steps of the tiny network with a margin head: single-process when comm is None,
+    else data parallel with a sharded head.  ``average=True`` is the gradient-scale trap (the
+    network's gradients averaged over ranks instead of summed), for the negative control.
+    Returns (the losses, {parameter name: value}); a sharded head's weight is this rank's rows."""
+    options = options or {}
+    x, labels = images(seed=2)
+    net = network()
+    if comm is None:
+        head = build_head(loss, EMBEDDING, CLASSES, dtype=np.float64, rng=3, **options)
+        mine = slice(None)
+    else:
+        head = build_sharded_head(loss, EMBEDDING, CLASSES, comm, dtype=np.float64, rng=3, **options)
+        mine = local_rows(comm)
+    model = TrainingModel(net, head)
+    optimizer = SGD(model, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for step in range(steps):
+        head.set_step(step)
+        losses.append(float(head.forward(net.forward(x[mine]), labels[mine])))
+        net.backward(head.backward())
+        if comm is not None:
+            gradients = [owner.grads[key] for _, owner, key in net.named_parameters()]
+            all_reduce_gradients(comm, gradients)
+            if average:
+                for g in gradients:
+                    g /= comm.size
+        optimizer.step(0.1)
+    return losses, model.state_dict()
+
+
+def training_errors(comm, average=False) -> dict:
+    """Relative errors of the data-parallel, sharded run against the single-process run."""
+    expected_losses, expected = train(None)
+    losses, state = train(comm, average=average)
+    expected["head.classifier.weight"] = expected["head.classifier.weight"][
+        slice(*class_range(CLASSES, comm.size, comm.rank))]
+    errors = {name: relative_error(value, expected[name]) for name, value in state.items()}
+    errors["losses"] = relative_error(losses, expected_losses)
+    return errors
+
+
+def check_training(comm):
+    errors = training_errors(comm)
+    assert max(errors.values()) < 1e-9, (comm.size, errors)
+    if comm.size > 1:  # the negative control: averaging the network's gradients is wrong
+        trapped = training_errors(comm, average=True)
+        assert trapped["net.0.weight"] > 1e-3, (comm.size, trapped)
+
+
+CASES = {"sharded_head": check_sharded_head, "data_parallel": check_data_parallel,
+         "training": check_training}
+
+
+def main(names):
+    from amnp.distributed.mpi import MPICommunicator
+
+    comm = MPICommunicator()
+    for name in names:
+        CASES[name](comm)
+        print(f"rank {comm.rank} of {comm.size}: {name} ok", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
