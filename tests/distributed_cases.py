@@ -169,8 +169,44 @@ def check_training(comm):
         assert trapped["net.0.weight"] > 1e-3, (comm.size, trapped)
 
 
+def check_trap_as_if_right(comm):
+    """A check that must fail (for the test that a failing check fails the MPI job)."""
+    errors = training_errors(comm, average=True)
+    assert max(errors.values()) < 1e-9, (comm.size, errors)
+
+
+def check_collectives(comm):
+    """Each collective against its definition, with uneven row counts (one rank may have none)."""
+    sizes = [(2 * r + 1) % 4 for r in range(comm.size)]  # 1, 3, 1 / 1, 3 / 1
+    rng = np.random.default_rng(0)
+    pieces = [rng.standard_normal((n, 2)) for n in sizes]
+    full = [rng.standard_normal((sum(sizes), 2)) for _ in sizes]
+    r, starts = comm.rank, np.cumsum([0] + sizes)
+    np.testing.assert_allclose(comm.all_reduce(full[r].copy()), np.sum(full, axis=0), rtol=1e-14)
+    np.testing.assert_array_equal(comm.all_reduce(full[r].copy(), "max"), np.max(full, axis=0))
+    np.testing.assert_array_equal(comm.broadcast(full[r].copy(), root=comm.size - 1), full[-1])
+    np.testing.assert_array_equal(comm.all_gather(pieces[r], sizes), np.concatenate(pieces))
+    np.testing.assert_allclose(comm.reduce_scatter(full[r], sizes),
+                               np.sum(full, axis=0)[starts[r]:starts[r + 1]], rtol=1e-14)
+    assert comm.all_gather_sizes(sizes[r]) == sizes
+    assert comm.broadcast_object(("id", r)) == ("id", 0)
+    comm.barrier()
+
+
+def check_mpi_refuses_device_arrays(comm):
+    from tests.host_guard import guard
+
+    try:
+        comm.all_reduce(guard(np.ones(2)))
+    except TypeError as exc:
+        assert "sends host memory (NumPy arrays), got GuardedArray" in str(exc), exc
+    else:
+        raise AssertionError("MPICommunicator took a device array")
+
+
 CASES = {"sharded_head": check_sharded_head, "data_parallel": check_data_parallel,
-         "training": check_training}
+         "training": check_training, "collectives": check_collectives,
+         "mpi_errors": check_mpi_refuses_device_arrays, "trap_as_if_right": check_trap_as_if_right}
 
 
 def main(names):
