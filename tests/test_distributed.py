@@ -309,3 +309,15 @@ def test_one_rank_nccl_communicator_on_the_gpu(cupy_module):
     expected = reference.forward(cpu_net.forward(x_host), labels)
     assert cases.relative_error(amnp.to_numpy(loss), expected) < 1e-10
     assert cases.relative_error(amnp.to_numpy(d), reference.backward()) < 1e-10
+
+
+def test_the_nccl_communicator_without_a_gpu_says_what_is_missing():
+    from amnp.backend import cupy_available
+    from amnp.distributed.nccl import NCCLCommunicator
+
+    available, reason = cupy_available()
+    if available:
+        pytest.skip("CuPy and a GPU are here: the GPU test covers the NCCL communicator")
+    with pytest.raises(RuntimeError) as error:
+        NCCLCommunicator(SingleProcess())
+    assert str(error.value) == reason
