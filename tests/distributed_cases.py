@@ -1,7 +1,7 @@
 """Checks of amnp.distributed that run on any communicator: in one process on simulated ranks
 (tests/test_distributed.py) and as real processes under MPI:
 
-    mpiexec -n 3 python -m mpi4py tests/distributed_cases.py sharded_head data_parallel training
+    mpiexec -n 3 python -m mpi4py tests/distributed_cases.py sharded_head data_parallel training partial_fc
 
 Every rank computes the single-process reference itself, from the same seeds, and compares
 its own part of the distributed result with it; a mismatch raises AssertionError (under
@@ -81,6 +81,45 @@ def check_sharded_head(comm):
     for loss, options in HEADS:
         errors = sharded_head_errors(comm, loss, options)
         assert max(errors.values()) < TOLERANCE, (loss, options, comm.size, errors)
+
+
+def partial_fc_errors(comm, sample_rate=0.6, classes=20) -> dict:
+    """Relative errors of the sharded head with class sampling against the single-process
+    MarginHead restricted to the classes the ranks sampled (positives always among them).
+    The labels are multiples of 3, so at rate 0.6 every rank fills up with random classes,
+    and at rate 0.1 the positives alone outnumber the rate's share."""
+    embeddings, _ = batch()
+    labels = np.random.default_rng(4).integers(0, classes, len(embeddings)) // 3 * 3
+    head = build_sharded_head("arcface", EMBEDDING, classes, comm, dtype=np.float64, rng=0,
+                              sample_rate=sample_rate, sample_rng=np.random.default_rng(10 + comm.rank))
+    mine = local_rows(comm)
+    loss = head.forward(embeddings[mine], labels[mine])
+    d = head.backward()
+    sampled = head.sampled_classes
+    kept = comm.all_gather(sampled, comm.all_gather_sizes(len(sampled)))  # ascending, by rank
+
+    full = build_head("arcface", EMBEDDING, classes, dtype=np.float64, rng=0)
+    reference = build_head("arcface", EMBEDDING, len(kept), dtype=np.float64, rng=0)
+    reference.classifier.params["weight"] = full.classifier.params["weight"][kept]
+    expected_loss = reference.forward(embeddings, np.searchsorted(kept, labels))
+    expected_d = reference.backward()
+    start, stop = class_range(classes, comm.size, comm.rank)
+    weight_grad = head.classifier.grads["weight"]
+    unsampled = np.setdiff1d(np.arange(start, stop), sampled) - start
+    assert np.isin(labels, kept).all() and len(kept) < classes
+    return {
+        "loss": relative_error(loss, expected_loss),
+        "embeddings": relative_error(d, expected_d[mine]),
+        "weight": relative_error(weight_grad[sampled - start], reference.classifier.grads["weight"][
+            np.searchsorted(kept, sampled)]),
+        "unsampled weight": float(np.abs(weight_grad[unsampled]).max(initial=0.0)),
+    }
+
+
+def check_partial_fc(comm):
+    for rate in (0.6, 0.1):
+        errors = partial_fc_errors(comm, rate)
+        assert max(errors.values()) < TOLERANCE, (comm.size, rate, errors)
 
 
 def network():
@@ -205,7 +244,7 @@ def check_mpi_refuses_device_arrays(comm):
 
 
 CASES = {"sharded_head": check_sharded_head, "data_parallel": check_data_parallel,
-         "training": check_training, "collectives": check_collectives,
+         "training": check_training, "partial_fc": check_partial_fc, "collectives": check_collectives,
          "mpi_errors": check_mpi_refuses_device_arrays, "trap_as_if_right": check_trap_as_if_right}
 
 

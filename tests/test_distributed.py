@@ -175,6 +175,20 @@ def test_averaging_the_network_gradients_is_the_gradient_scale_trap():
         assert errors["head.classifier.weight"] > 1e-6, errors  # the network's change reaches the head
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("rate", [0.6, 0.1], ids=["random-classes-added", "positives-only"])
+def test_class_sampling_equals_the_dense_head_restricted_to_the_sampled_classes(size, rate):
+    for errors in run_simulated(size, lambda comm: cases.partial_fc_errors(comm, rate)):
+        assert max(errors.values()) < cases.TOLERANCE, errors
+
+
+def test_class_sampling_needs_a_rate_in_0_1_and_a_generator():
+    with pytest.raises(ValueError, match=r"sample_rate must lie in \(0, 1\], got 0"):
+        build_sharded_head("am-softmax", 4, 3, SingleProcess(), sample_rate=0)
+    with pytest.raises(TypeError, match="needs sample_rng, a numpy.random.Generator"):
+        build_sharded_head("am-softmax", 4, 3, SingleProcess(), sample_rate=0.5, sample_rng=1)
+
+
 def test_only_margin_heads_are_sharded():
     with pytest.raises(TypeError, match="only the margin family .* got SoftmaxHead"):
         ShardedMarginHead.from_head(build_head("softmax", 4, 3, dtype=np.float64, rng=0), SingleProcess())
@@ -256,7 +270,7 @@ def mpiexec(ranks: int, *arguments: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_under_mpiexec_the_sharded_head_data_parallel_gradients_and_training_match_one_process(ranks):
-    names = ("collectives", "mpi_errors", "sharded_head", "data_parallel", "training")
+    names = ("collectives", "mpi_errors", "sharded_head", "data_parallel", "training", "partial_fc")
     result = mpiexec(ranks, "tests/distributed_cases.py", *names)
     assert result.returncode == 0, result.stdout + result.stderr
     # the ranks' lines may interleave on the shared pipe

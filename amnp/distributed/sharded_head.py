@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
 from ..functional.normalize import DEFAULT_EPS
 from ..layers import Layer
 from ..validation import floating_array, same_dtype
@@ -66,14 +66,24 @@ class ClassShard(Layer):
         self.add_parameter("weight", weight)
         self.start, self.stop, self.num_classes, self.eps = start, stop, num_classes, eps
 
-    def forward(self, x_hat):
-        """x_hat: (N, D) normalised features -> (N, stop − start) cosines."""
-        out, self._cache = F.cosine_forward(x_hat, self.params["weight"], normalize_features=False,
-                                            eps=self.eps)
+    def forward(self, x_hat, rows=None):
+        """x_hat: (N, D) normalised features -> (N, stop − start) cosines, or (N, len(rows))
+        against the weight rows ``rows`` only (class sampling)."""
+        weight = self.params["weight"]
+        out, cache = F.cosine_forward(x_hat, weight if rows is None else weight[rows],
+                                      normalize_features=False, eps=self.eps)
+        self._cache = (cache, rows)
         return out
 
     def backward(self, dout):
-        dx_hat, self.grads["weight"] = F.cosine_backward(dout, self._last_cache())
+        """dL/dx̂ for the last forward; the weight's gradient is zero on rows it did not use."""
+        cache, rows = self._last_cache()
+        dx_hat, dw = F.cosine_backward(dout, cache)
+        if rows is not None:
+            weight = self.params["weight"]
+            dw_rows, dw = dw, get_array_module(weight).zeros_like(weight)
+            dw[rows] = dw_rows
+        self.grads["weight"] = dw
         return dx_hat
 
     def extra_repr(self):
@@ -90,17 +100,33 @@ class ShardedMarginHead(Layer):
     ``d_local_embeddings = head.backward()``, ``head.params`` / ``head.grads``
     (``classifier.weight``: this rank's slice; ``scale``: a learned s, the same on every rank),
     ``set_step`` and ``schedule``.  Every rank calls forward and backward together.
+
+    ``sample_rate`` < 1 is Partial FC's class sampling, an **approximation**: each step, each
+    rank keeps the classes of the batch's labels that it owns and fills up to
+    ceil(rate · its classes) with classes drawn at random from ``sample_rng`` (a seeded
+    generator per rank); the softmax runs over the kept classes only, and the other rows of the
+    weight get a zero gradient (momentum and weight decay still move them).  Where the batch
+    holds more of this rank's classes than that, all of them are kept.  Counting them reads
+    one number back from the device per step.  ``sampled_classes`` holds the last forward's
+    kept classes of this rank (global indices).
     """
 
     def __init__(self, margin, shard: ClassShard, comm: Communicator, s=None, scale=None,
-                 name="margin_softmax"):
+                 name="margin_softmax", sample_rate=1.0, sample_rng=None):
         super().__init__()
         self.margin, self.classifier, self.comm, self.s, self.name = margin, shard, comm, s, name
         if scale is not None:
             self.add_parameter("scale", scale, weight_decay=False)
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sharded {name}: sample_rate must lie in (0, 1], got {sample_rate}")
+        if sample_rate < 1 and not isinstance(sample_rng, np.random.Generator):
+            raise TypeError(f"sharded {name}: class sampling (sample_rate < 1) needs sample_rng, a "
+                            "numpy.random.Generator seeded differently on each rank")
+        self.sample_rate, self.sample_rng = float(sample_rate), sample_rng
+        self.sampled_classes = None
 
     @classmethod
-    def from_head(cls, head, comm: Communicator) -> "ShardedMarginHead":
+    def from_head(cls, head, comm: Communicator, sample_rate=1.0, sample_rng=None) -> "ShardedMarginHead":
         """This rank's shard of ``head`` (copies: the head itself is left as it is)."""
         from ..heads import MarginHead
 
@@ -112,7 +138,8 @@ class ShardedMarginHead(Layer):
         shard = ClassShard(classifier.params["weight"][start:stop].copy(), start, stop,
                            classifier.num_classes, classifier.eps)
         scale = head.params["scale"].copy() if "scale" in head.params else None
-        return cls(head.margin, shard, comm, s=head.s, scale=scale, name=head.name)
+        return cls(head.margin, shard, comm, s=head.s, scale=scale, name=head.name,
+                   sample_rate=sample_rate, sample_rng=sample_rng)
 
     def children(self):
         return [("classifier", self.classifier)]
@@ -156,13 +183,20 @@ class ShardedMarginHead(Layer):
         else:
             scale = self._learned_scale() if "scale" in self.params else self.s
 
-        cos = shard.forward(xp.ascontiguousarray(all_x_hat))
-        rows = xp.arange(cos.shape[0])
         owned = (all_labels >= shard.start) & (all_labels < shard.stop)
         # every row reads one column of this shard: its label's where owned, a stand-in
         # column elsewhere, whose ψ is computed and discarded (no data-dependent shapes,
         # which would read the mask back from the device)
-        column = xp.clip(all_labels - shard.start, 0, cos.shape[1] - 1)
+        column = xp.clip(all_labels - shard.start, 0, shard.stop - shard.start - 1)
+        sampled = None
+        if self.sample_rate < 1:
+            sampled = self._sample_classes(column, owned)
+            position = xp.zeros(shard.stop - shard.start, dtype=column.dtype)
+            position[sampled] = xp.arange(sampled.shape[0], dtype=column.dtype)
+            column = position[column]
+            self.sampled_classes = sampled + shard.start
+        cos = shard.forward(xp.ascontiguousarray(all_x_hat), sampled)
+        rows = xp.arange(cos.shape[0])
         target_cos = cos[rows, column]
         psi, slope = self.margin(target_cos)
         modified = cos.copy()
@@ -180,6 +214,18 @@ class ShardedMarginHead(Layer):
         self._cache = (sizes, x_hat, x_norm_cache, exp / exp_sum[:, None], modified, owned, column,
                        slope, scale, feature_norm_scale)
         return loss
+
+    def _sample_classes(self, column, owned):
+        """This rank's classes for one step (indices into its slice, ascending): every class of
+        the batch's labels that it owns, then random others up to ceil(rate · its classes)."""
+        xp = get_array_module(column)
+        num_local = self.classifier.stop - self.classifier.start
+        keep = max(1, int(np.ceil(self.sample_rate * num_local)))
+        positive = xp.bincount(column, weights=owned.astype(np.float64), minlength=num_local) > 0
+        if int(to_numpy(positive.sum())) >= keep:
+            return xp.nonzero(positive)[0]
+        priority = xp.where(positive, 2.0, xp.asarray(self.sample_rng.random(num_local)))
+        return xp.sort(xp.argsort(-priority)[:keep])
 
     def backward(self, dout=1.0):
         """dLoss/d(local embeddings) for the last forward; fills the shard's and the learned
@@ -212,8 +258,10 @@ class ShardedMarginHead(Layer):
 
 
 def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: Communicator, *,
-                       dtype=np.float32, rng=None, **options) -> ShardedMarginHead:
-    """This rank's shard of ``amnp.heads.build_head(loss, ...)``, options checked as there.
+                       dtype=np.float32, rng=None, sample_rate=1.0, sample_rng=None,
+                       **options) -> ShardedMarginHead:
+    """This rank's shard of ``amnp.heads.build_head(loss, ...)``, options checked as there
+    (``sample_rate``, ``sample_rng``: class sampling, see :class:`ShardedMarginHead`).
 
     Every rank draws the full weight from ``rng`` and keeps its rows, so with the same seed
     the sharded head starts exactly where the single-process head does, whatever the number
@@ -222,4 +270,5 @@ def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: C
     from ..heads import build_head
 
     return ShardedMarginHead.from_head(
-        build_head(loss, embedding_size, num_classes, dtype=dtype, rng=rng, **options), comm)
+        build_head(loss, embedding_size, num_classes, dtype=dtype, rng=rng, **options), comm,
+        sample_rate, sample_rng)
