@@ -31,6 +31,8 @@ averaged (see :func:`amnp.distributed.all_reduce_gradients`).  The head's own gr
 complete on every rank after backward: the weight slice's is local, a learned scale's is
 all-reduced here; they must not be all-reduced again.
 
+``sample_rate`` < 1 adds Partial FC's class sampling, an approximation (see ShardedMarginHead).
+
 Labels are not read back to check their range (that would stop the device every step); a label
 that no rank owns makes its row's loss NaN instead of a wrong finite number.
 """
