@@ -43,6 +43,7 @@ import numpy as np
 from .. import functional as F
 from ..backend import get_array_module, to_numpy
 from ..functional.normalize import DEFAULT_EPS
+from ..heads import SCALE_FLOOR, MarginHead, build_head
 from ..layers import Layer
 from ..validation import floating_array, same_dtype
 from .communicator import Communicator
@@ -130,8 +131,6 @@ class ShardedMarginHead(Layer):
     @classmethod
     def from_head(cls, head, comm: Communicator, sample_rate=1.0, sample_rng=None) -> "ShardedMarginHead":
         """This rank's shard of ``head`` (copies: the head itself is left as it is)."""
-        from ..heads import MarginHead
-
         if not isinstance(head, MarginHead):
             raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
                             f"got {type(head).__name__}")
@@ -156,8 +155,6 @@ class ShardedMarginHead(Layer):
         return values
 
     def _learned_scale(self):
-        from ..heads import SCALE_FLOOR
-
         return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
 
     def forward(self, embeddings, labels):
@@ -249,8 +246,6 @@ class ShardedMarginHead(Layer):
         else:
             dx = F.l2_normalize_backward(self.comm.reduce_scatter(partial_dx_hat, sizes), x_norm_cache)
         if "scale" in self.params:
-            from ..heads import SCALE_FLOOR
-
             dscale = self.comm.all_reduce((dlogits * modified).sum().reshape(1))
             self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
         return dx
@@ -269,8 +264,6 @@ def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: C
     the sharded head starts exactly where the single-process head does, whatever the number
     of ranks; the full C × D draw is held once, briefly, on each rank.
     """
-    from ..heads import build_head
-
     return ShardedMarginHead.from_head(
         build_head(loss, embedding_size, num_classes, dtype=dtype, rng=rng, **options), comm,
         sample_rate, sample_rng)
