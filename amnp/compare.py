@@ -13,7 +13,7 @@ the same numbers).  Ctrl-C, SIGTERM or SIGHUP stops between steps, saving the ru
 progress and leaving every finished run intact.
 
 An entry is ``LOSS`` or ``LOSS:OPTION=VALUE:...``, e.g. ``am-softmax:m=0.3`` or
-``am-softmax:normalize_features=false``, with the options of amnp.heads.LOSSES.
+``am-softmax:normalize_features=false``, with the options of amnp.config.LOSSES.
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ import numpy as np
 from . import figures, models, rundir
 from .backend import asarray, get_backend, to_numpy
 from .evaluation import roc_curve
+from .config import TrainConfig, build_head, read_config, resolve_loss_options
 from .functional import l2_normalize_forward
-from .heads import TrainingModel, build_head, resolve_loss_options
+from .heads import TrainingModel
+from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
-from .training import Interrupted, TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess
+from .training import Interrupted, Trainer, TrainingDiverged
 
 DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25", "am-softmax:m=0.3",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
@@ -100,9 +102,7 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
     title = entry_title(entry)
     with rundir.hold(run_dir, "training"):  # one writer at a time: a second comparison fails here
         if os.path.exists(os.path.join(run_dir, "config.json")):
-            with open(os.path.join(run_dir, "config.json")) as file:
-                saved = TrainConfig.from_dict(json.load(file))
-            saved.validate()
+            saved = read_config(run_dir)
             if _settings(saved) != _settings(config):
                 differ = sorted(k for k in _settings(config) if _settings(saved)[k] != _settings(config)[k])
                 raise ValueError(f"{run_dir} holds a run with other settings than this comparison's "

@@ -42,7 +42,6 @@ from .functional.normalize import DEFAULT_EPS, l2_normalize_forward
 
 __all__ = [
     "normalize_embeddings",
-    "fuse_mirror",
     "pair_scores",
     "best_threshold",
     "kfold_verification",
@@ -156,32 +155,6 @@ def normalize_embeddings(emb: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarra
     """
     emb = _check_embeddings(emb)
     return l2_normalize_forward(emb, eps)[0]
-
-
-def fuse_mirror(emb: np.ndarray, emb_mirror: np.ndarray) -> np.ndarray:
-    """Fuse the embeddings of images and their horizontal mirrors.
-
-    The AM-Softmax deploy network embeds both an image and its left-right
-    flip and uses ``normalize(f(x) + f(flip(x)))``: the sum averages out
-    small asymmetries (pose, lighting) that the identity does not depend on.
-
-    Parameters
-    ----------
-    emb, emb_mirror : array_like, shape (N, D)
-        Embeddings of the images and of their mirrored copies, row-aligned.
-
-    Returns
-    -------
-    ndarray, shape (N, D)
-        L2-normalised sum of the two embeddings.
-    """
-    emb = _check_embeddings(emb)
-    emb_mirror = _check_embeddings(emb_mirror, "emb_mirror")
-    if emb.shape != emb_mirror.shape:
-        raise ValueError(
-            f"emb and emb_mirror have mismatched shapes: {emb.shape} vs {emb_mirror.shape}"
-        )
-    return normalize_embeddings(emb + emb_mirror)
 
 
 def pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -754,7 +727,7 @@ def evaluate_verification(
     Parameters
     ----------
     emb : array_like, shape (N, D)
-        Embeddings of all images (e.g. from ``fuse_mirror``).
+        Embeddings of all images (e.g. from ``amnp.inference.embed``).
     labels : array_like of int, shape (N,)
         Identity of each image.
     pairs : array_like of int, shape (P, 2)

@@ -1,4 +1,4 @@
-"""The training loop, its run directory, and evaluation of a trained network.
+"""The training loop and its run directory.
 
 A run directory holds:
     config.json      the TrainConfig, as given
@@ -19,121 +19,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, figures, models, rundir
-from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
-from .data import DiskImages, make_gallery_probes, make_open_set_protocol
+from . import checkpoint, models, rundir
+from .backend import asarray, get_array_module, get_backend, set_backend, to_numpy
+from .config import TrainConfig, build_head, steps_per_epoch
+from .data import DiskImages
 from .data.prefetch import Prefetcher
-from .evaluation import evaluate_verification, roc_curve
-from .heads import TrainingModel, build_head, resolve_loss_options
+from .heads import TrainingModel
+from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics, write_metrics
 from .validation import NonFiniteError, class_labels, finite
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run.  Defaults: the small preset on the glyph dataset.
-
-    ``loss_options`` are the options of the loss (amnp.heads.LOSSES); ``validate``
-    fills in the defaults of those not given, so config.json records every value.
-    """
-    dataset: str = "glyphs"
-    image_size: list[int] | None = None  # (H, W) to resize a folder dataset's images to
-    grayscale: bool = False              # read a folder dataset as 1 channel
-    model: str = "small"
-    loss: str = "am-softmax"
-    loss_options: dict = dataclasses.field(default_factory=dict)
-    iters: int | None = None
-    epochs: float | None = 10.0
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: int = 100
-    backend: str | None = None  # None: the current backend (AMNP_BACKEND, else numpy)
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 500
-
-    def validate(self) -> None:
-        """Refuse impossible settings before any data is loaded or any file written."""
-        kind, _ = parse_dataset_spec(self.dataset)
-        if self.image_size is not None and not (
-                len(self.image_size) == 2 and all(int(d) == d and d >= 1 for d in self.image_size)):
-            raise ValueError(f"image-size must be two positive integers H,W, got {self.image_size}")
-        if kind != "folder" and (self.image_size is not None or self.grayscale):
-            raise ValueError(f"image-size and grayscale apply to folder datasets only; "
-                             f"{self.dataset} images have a fixed size and channels")
-        if self.model not in models.PRESETS:
-            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(models.PRESETS)}")
-        self.loss_options = resolve_loss_options(self.loss, self.loss_options)
-        for name in ("batch_size", "log_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.iters is not None and self.iters < 1:
-            raise ValueError(f"iters must be a positive integer, got {self.iters}")
-        if self.iters is None and not (self.epochs is not None and 0 < self.epochs < math.inf):
-            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"the learning rate must be a finite number > 0, got {self.lr}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from config.json, including those written before losses had their own
-        options (m, s, margin_ramp and conditional_margin at the top level)."""
-        values = dict(values)
-        legacy = {key: values.pop(key) for key in LEGACY_LOSS_KEYS if key in values}
-        if legacy and values.get("loss", cls.loss) == "am-softmax":
-            values["loss_options"] = {**legacy, **values.get("loss_options", {})}
-        return cls(**values)
-
-    def total_steps(self, num_train_images: int) -> int:
-        if self.iters is not None:
-            return int(self.iters)
-        return max(1, math.ceil(self.epochs * steps_per_epoch(num_train_images, self.batch_size)))
-
-
-LEGACY_LOSS_KEYS = ("m", "s", "margin_ramp", "conditional_margin")
-DATASET_KINDS = ("glyphs", "folder:PATH", "mnist:PATH")
-
-
-def parse_dataset_spec(spec: str) -> tuple[str, str]:
-    """"glyphs" -> ("glyphs", ""), "folder:PATH" -> ("folder", PATH), "mnist:PATH" -> ("mnist", PATH)."""
-    kind, _, path = spec.partition(":")
-    if (kind == "glyphs" and not path) or (kind in ("folder", "mnist") and path):
-        return kind, path
-    raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASET_KINDS)}")
-
-
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Full batches per pass over the data (the last partial batch is dropped)."""
-    return max(1, num_images // batch_size)
-
-
-def preprocess(images_uint8, mirror_mask=None):
-    """uint8 (N, C, H, W) -> float32 (x − 127.5) / 128, as the paper; rows of mirror_mask
-    (bool (N,)) are flipped left-right.  Works on either backend."""
-    xp = get_array_module(images_uint8)
-    x = (images_uint8.astype(xp.float32) - 127.5) / 128.0
-    if mirror_mask is not None:
-        x = xp.where(mirror_mask[:, None, None, None], x[..., ::-1], x)
-    return x
 
 
 class TrainingDiverged(RuntimeError):
@@ -404,54 +309,3 @@ def format_record(record: dict, epoch: float) -> str:
     return (f"epoch {epoch:5.2f}  step {record['step']:6d}  loss {record['loss']:.4f}  "
             f"acc {record['accuracy']:.3f}  target cos {record['mean_target_cosine']:.3f}  "
             f"lr {record['lr']:.3g}  {record['images_per_s']:.0f} img/s")
-
-
-# ---------------------------------------------------------------------- evaluation
-
-EMBED_BATCH = 256
-
-
-def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """Embeddings (N, D) on the host for uint8 images; with ``mirror`` the embedding of each
-    image is summed with that of its mirror image (the AM-Softmax deploy net)."""
-    chunks = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = preprocess(asarray(images_uint8[start:start + batch_size]))
-        e = net.forward(x)
-        if mirror:
-            e = e + net.forward(x[..., ::-1])
-        chunks.append(to_numpy(e))
-    return np.concatenate(chunks).astype(np.float64)
-
-
-def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mirror: bool, seed: int,
-                     gallery=None, probes=None):
-    """Every protocol of amnp.evaluation on held-out images: verification on the given
-    pairs and folds, closed-set identification on ``gallery``/``probes`` (drawn from the
-    labels with the seed when not given) and open-set DIR@FAR on a protocol drawn from the
-    labels with the seed.  Returns (metrics dict, pair scores)."""
-    embeddings = embed(net, images_uint8, mirror)
-    if gallery is None:
-        gallery, probes = make_gallery_probes(labels, np.random.default_rng([seed, 3]))
-    gallery_open, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng([seed, 4]))
-    metrics, scores = evaluate_verification(
-        embeddings, labels, pairs, pair_same, pair_fold, gallery, probes,
-        open_set=(gallery_open, np.concatenate([genuine, impostors])))
-    metrics["mirror_fused"] = bool(mirror)
-    return metrics, scores
-
-
-def evaluate(net, dataset, out_dir: str, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """Held-out verification (10-fold), TAR@FAR, EER, closed-set identification and open-set
-    DIR@FAR; writes eval.json and the ROC and pair-score figures.  Returns the metrics and
-    the cosine score of each pair."""
-    metrics, scores = held_out_metrics(
-        net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
-        dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
-    rundir.write_json(os.path.join(out_dir, "eval.json"), metrics)
-    far, tar, _ = roc_curve(scores, dataset.pair_same)
-    figure_dir = os.path.join(out_dir, "figures")
-    figures.plot_roc(far, tar, os.path.join(figure_dir, "roc.png"), tar_at_far=metrics["tar_at_far"])
-    figures.plot_pair_histograms(scores, dataset.pair_same, os.path.join(figure_dir, "pair_cosines.png"),
-                                 threshold=float(np.mean(metrics["fold_thresholds"])))
-    return metrics, scores

@@ -78,7 +78,8 @@ def amnp_training(model, batch_size, classes):
     """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
     import amnp
     from amnp import models
-    from amnp.heads import TrainingModel, build_head
+    from amnp.config import build_head
+    from amnp.heads import TrainingModel
     from amnp.optim import SGD
 
     net = models.build(model, rng=0)
@@ -123,7 +124,7 @@ class TorchModel:
         import torch
 
         from amnp import models
-        from amnp.heads import build_head
+        from amnp.config import build_head
 
         self.net = models.build(model, rng=0)
         head = build_head("am-softmax", models.embedding_size(self.net), classes, m=MARGIN, s=SCALE,
@@ -253,7 +254,8 @@ def amnp_breakdown(model, batch_size, classes, repeats):
     import amnp
     from amnp import layers as L
     from amnp import models
-    from amnp.heads import TrainingModel, build_head
+    from amnp.config import build_head
+    from amnp.heads import TrainingModel
     from amnp.optim import SGD
 
     net = models.build(model, rng=0)

@@ -58,7 +58,8 @@ def no_synchronisation(model, batch_size, classes):
     import numpy as np
 
     from amnp import models
-    from amnp.heads import TrainingModel, build_head
+    from amnp.config import build_head
+    from amnp.heads import TrainingModel
     from amnp.optim import SGD
 
     net = models.build(model, rng=0)

@@ -23,7 +23,8 @@ sys.path.insert(0, REPOSITORY)
 
 import amnp  # noqa: E402
 from amnp import models  # noqa: E402
-from amnp.heads import TrainingModel, build_head  # noqa: E402
+from amnp.config import build_head  # noqa: E402
+from amnp.heads import TrainingModel  # noqa: E402
 from amnp.optim import SGD  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from amnp import layers as L  # noqa: E402
 from amnp import losses  # noqa: E402
 from amnp.functional import am_softmax_backward, am_softmax_forward  # noqa: E402
 
-from amnp.heads import build_head  # noqa: E402
+from amnp.config import build_head  # noqa: E402
 
 from .test_gradients import away_from_zero, distinct_values, small_network, window_geometry  # noqa: E402
 from .test_margins import embeddings_with_target_cosines, kinks  # noqa: E402

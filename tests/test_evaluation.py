@@ -13,7 +13,6 @@ from amnp.evaluation import (
     equal_error_rate,
     evaluate_verification,
     far_key,
-    fuse_mirror,
     identification_top1,
     kfold_verification,
     normalize_embeddings,
@@ -72,13 +71,6 @@ def test_embeddings_are_normalised_as_the_cosine_layer_normalises_them():
     np.testing.assert_array_equal(normalize_embeddings(emb), cache.x_hat)
     np.testing.assert_allclose(pair_scores(emb, np.array([[0, 2], [1, 2]])),
                                [cache.x_hat[0] @ cache.x_hat[2], cache.x_hat[1] @ cache.x_hat[2]], rtol=1e-12)
-
-
-def test_fuse_mirror_is_normalised_sum():
-    a = np.array([[1.0, 0.0], [0.0, 2.0]])
-    b = np.array([[0.0, 1.0], [0.0, 1.0]])
-    s = np.sqrt(0.5)
-    np.testing.assert_allclose(fuse_mirror(a, b), [[s, s], [0.0, 1.0]])
 
 
 def test_pair_scores_are_cosines():
@@ -373,7 +365,6 @@ Y = np.array([False, False, True, True])
         (lambda: pair_scores(np.eye(3), np.array([[0.0, 1.0]])), "integer indices"),
         (lambda: normalize_embeddings(np.ones(3)), "2-D"),
         (lambda: normalize_embeddings(np.array([[np.nan, 1.0]])), "NaN"),
-        (lambda: fuse_mirror(np.ones((2, 3)), np.ones((3, 3))), "mismatched shapes"),
     ],
 )
 def test_bad_verification_inputs(call, message):

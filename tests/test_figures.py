@@ -132,7 +132,7 @@ def test_target_logit_figure(tmp_path):
 
 def test_cli_lists_the_margin_family_and_draws_it(tmp_path, capsys):
     from amnp import cli
-    from amnp.heads import LOSSES
+    from amnp.config import LOSSES
 
     assert cli.main(["margins", "--out", str(tmp_path / "t.png")]) == 0
     printed = capsys.readouterr().out

@@ -95,7 +95,8 @@ def test_a_layer_that_reads_a_value_back_is_caught():
 
 # ----------------------------------------------------------------------------- the trainer
 
-from amnp.training import TrainConfig, Trainer  # noqa: E402
+from amnp.config import TrainConfig  # noqa: E402
+from amnp.training import Trainer  # noqa: E402
 
 from .test_training import tiny_dataset  # noqa: E402
 

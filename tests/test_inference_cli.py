@@ -11,7 +11,7 @@ from PIL import Image
 import amnp
 from amnp import checkpoint, cli
 from amnp.functional import l2_normalize_forward
-from amnp.training import embed
+from amnp.inference import embed
 
 
 def write_tree(root, identities, per_identity, size=16, lfw_names=False, seed=0):

@@ -68,7 +68,7 @@ CUBLAS = cupy_exception("CUBLASError", "cupy_backends.cuda.libs.cublas", Runtime
 @pytest.fixture
 def failing_training(monkeypatch):
     """`amnp train` and `amnp compare` on the tiny dataset, with training raising ``error``."""
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
 
     def fail_with(error):
         def train(self, stop_at=None):

@@ -19,7 +19,8 @@ from amnp.data import folder as folder_module
 from amnp.data import on_disk as on_disk_module
 from amnp.data.on_disk import DiskImageWriter
 from amnp.data.prefetch import Prefetcher
-from amnp.training import TrainConfig, Trainer
+from amnp.config import TrainConfig
+from amnp.training import Trainer
 
 from .host_guard import guard, guard_parameters, transfers
 from .test_data import face_tree, write_image  # noqa: F401 - face_tree is a fixture

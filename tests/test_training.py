@@ -8,7 +8,8 @@ import pytest
 
 from amnp import checkpoint, cli
 from amnp.data import VerificationDataset
-from amnp.training import TrainConfig, Trainer, TrainingDiverged
+from amnp.config import TrainConfig
+from amnp.training import Trainer, TrainingDiverged
 
 
 def tiny_dataset(num_classes=6, per_class=8, test_ids=6, per_test=4, size=16, mirror=False, seed=0):
@@ -113,7 +114,7 @@ def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_cli(monkeypatch):
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
 
 
 def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_cli, capsys):

@@ -42,8 +42,9 @@ from matplotlib.figure import Figure
 import checks
 from amnp import figures, models, optim
 from amnp import functional as F
-from amnp.heads import SoftmaxHead, TrainingModel, build_head
-from amnp.training import preprocess
+from amnp.config import build_head
+from amnp.heads import SoftmaxHead, TrainingModel
+from amnp.inference import preprocess
 
 NUM_CLASSES, IMAGE_SIZE, S, MARGIN = 6, 16, 10.0, 0.35
 CFG = (dict(train_per_class=30, test_per_class=10, steps=40, batch_size=32) if QUICK else
