@@ -33,7 +33,8 @@ from .heads import TrainingModel
 from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
-from .training import Interrupted, Trainer, TrainingDiverged
+from .training import Interrupted, Trainer, TrainingDiverged, sgd_step
+from .validation import value_checks
 
 DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25", "am-softmax:m=0.3",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
@@ -236,14 +237,13 @@ def sphere_features(entries, dataset, seed: int, steps: int = SPHERE_STEPS,
         net = models.sphereface(4, widths=(16, 32, 64, 128), in_channels=dataset.image_shape[0],
                                 input_size=dataset.image_shape[1:], embedding_size=3, rng=rng)
         head = build_head(entry.loss, 3, len(chosen), rng=rng, **entry.options)
-        optimizer = SGD(TrainingModel(net, head))
+        model = TrainingModel(net, head)
+        optimizer = SGD(model)
         batches = np.random.default_rng([seed, 5])
         for step in range(steps):
             index = asarray(batches.choice(len(rows), min(SPHERE_BATCH, len(rows)), replace=False))
-            head.set_step(step)
-            head.forward(net.forward(x[index]), labels[index], check_values=False)
-            net.backward(head.backward())
-            optimizer.step(schedule(step))
+            with value_checks(False):  # labels 0 .. identities − 1 by construction, as in training
+                sgd_step(model, optimizer, x[index], labels[index], schedule(step), step)
         features, _ = l2_normalize_forward(net.forward(x))
         panels[entry_title(entry)] = (to_numpy(features), labels_host)
     return panels

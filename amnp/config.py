@@ -300,12 +300,12 @@ def _build_combined(embedding_size, num_classes, options, dtype, rng):
 LOSSES = {spec.name: spec for spec in (
     LossSpec("softmax", "w_y·f + b_y (linear layer with bias)", (), _build_softmax),
     LossSpec("normface", "s·cos θ_y", (
-        _scale_option(16.0),
+        _scale_option(F.DEFAULT_SCALE),
         Option("learn_scale", False, boolean, f"learn s (parameter 'scale', starting at s >= {SCALE_FLOOR:g}; forward uses max(scale, {SCALE_FLOOR:g}))"),
     ), _build_normface, _normface_rules),
     LossSpec("am-softmax", "s·(cos θ_y − m), or ‖f‖·(cos θ_y − m) without feature normalisation", (
         Option("m", 0.35, non_negative, "additive margin"),
-        _scale_option(16.0),
+        _scale_option(F.DEFAULT_SCALE),
         Option("margin_ramp", None, optional_non_negative,
                "grow the margin as min(m, RAMP·step); 0: full m from the first step (the default, "
                f"except without feature normalisation, where it is {NO_FN_MARGIN_RAMP:g})"),
@@ -324,13 +324,13 @@ LOSSES = {spec.name: spec for spec in (
     ), _build_sphereface),
     LossSpec("arcface", "s·cos(θ_y + m), s·(cos θ_y − m·sin m) where θ_y + m > π", (
         Option("m", 0.5, angle, "additive angular margin (radians)"),
-        _scale_option(16.0),
+        _scale_option(F.DEFAULT_SCALE),
     ), _build_arcface),
     LossSpec("combined", "s·(cos(m1·θ_y + m2) − m3)", (
         Option("m1", 1.0, positive, "multiplicative angular margin"),
         Option("m2", 0.3, angle, "additive angular margin (radians)"),
         Option("m3", 0.2, non_negative, "additive cosine margin"),
-        _scale_option(16.0),
+        _scale_option(F.DEFAULT_SCALE),
     ), _build_combined),
 )}
 

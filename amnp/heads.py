@@ -5,8 +5,7 @@ classifier layer (and a learned scale, where its loss has one) and takes the
 labels in its forward pass, because margin losses need them to place the margin:
 
     loss = head.forward(embeddings, labels)    # 0-d array on the device, batch mean
-                                               # (check_values=False: labels already checked)
-    d_embeddings = head.backward()
+    d_embeddings = head.backward()             # dout = dL_total/dloss, 1.0 by default
     head.scores                                # margin-free scores of the last forward
     head.target_cosines()                      # cos θ between each feature and its class weight
     head.set_step(step)                        # per-iteration schedules (margin ramp, λ)
@@ -28,10 +27,12 @@ import numpy as np
 from . import functional as F
 from .backend import asarray, get_array_module
 from .layers import CosineLinear, Layer, Linear
+from .losses import Loss
 
 
-class Head(Layer):
-    """A classifier layer followed by a loss; subclasses set ``self.classifier``."""
+class Head(Loss):
+    """A classifier layer followed by a loss, a Loss with parameters: ``forward(embeddings,
+    labels)``, ``backward(dout=1.0)``; subclasses set ``self.classifier``."""
 
     classifier: Layer
 
@@ -53,15 +54,15 @@ class SoftmaxHead(Head):
         super().__init__()
         self.classifier = Linear(embedding_size, num_classes, dtype=dtype, rng=rng)
 
-    def forward(self, embeddings, labels, check_values=True):
+    def forward(self, embeddings, labels):
         self.embeddings, self.labels = embeddings, labels
         self.scores = self.classifier.forward(embeddings)
-        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels, check_values)
+        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels)
         return loss
 
-    def backward(self):
-        """dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
-        return self.classifier.backward(F.softmax_cross_entropy_backward(1.0, self._last_cache()))
+    def backward(self, dout=1.0):
+        """dout · dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
+        return self.classifier.backward(F.softmax_cross_entropy_backward(dout, self._last_cache()))
 
     def target_cosines(self):
         """cos θ between each feature and its class's weight row (the logits are not cosines)."""
@@ -131,16 +132,16 @@ class MarginHead(Head):
             return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
         return self.classifier.feature_norm if self.s is None else self.s
 
-    def forward(self, embeddings, labels, check_values=True):
+    def forward(self, embeddings, labels):
         self.labels = labels
         self.scores = self.classifier.forward(embeddings)
         loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
-                                                     self.name, check_values)
+                                                     self.name)
         return loss
 
-    def backward(self):
-        """dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
-        dcos, dscale = F.margin_softmax_backward(1.0, self._last_cache())
+    def backward(self, dout=1.0):
+        """dout · dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
+        dcos, dscale = F.margin_softmax_backward(dout, self._last_cache())
         if "scale" in self.params:
             self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
         return self.classifier.backward(dcos, dscale if self.s is None else None)

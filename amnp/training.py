@@ -30,15 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, models, rundir
-from .backend import asarray, get_array_module, get_backend, set_backend, to_numpy
+from .backend import asarray, get_array_module, get_backend, to_numpy
 from .config import TrainConfig, build_head, steps_per_epoch
-from .data import DiskImages
 from .data.prefetch import Prefetcher
 from .heads import TrainingModel
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics, write_metrics
-from .validation import NonFiniteError, class_labels, finite
+from .validation import NonFiniteError, class_labels, finite, value_checks
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,7 +95,9 @@ class Trainer:
         if config.backend is None:  # a bad AMNP_BACKEND raises here, never falls back to numpy
             config = dataclasses.replace(config, backend=get_backend())
         config.validate()
-        set_backend(config.backend)
+        if config.backend != get_backend():
+            raise ValueError(f"the run trains on {config.backend} but the current backend is {get_backend()}: "
+                             f"choose it first (amnp.set_backend({config.backend!r}) or amnp.use_backend)")
         self.config, self.dataset, self.out_dir = config, dataset, out_dir
         self.progress = sys.stderr.isatty() if progress is None else progress
         rng = np.random.default_rng(config.seed)
@@ -115,11 +116,9 @@ class Trainer:
         self.step = 0
         # Checked once here, so that no step has to read labels back from the device.
         class_labels(dataset.train_labels, self.num_train, dataset.num_classes, "the training set")
-        # An in-memory training set moves to the device once, as uint8, and each step only
-        # indexes it; one kept on disk (a decoded folder) is read a batch at a time, ahead of
-        # the step that needs it (self._prefetcher, while train runs), and each batch moves.
-        self.streams = isinstance(dataset.train_images, DiskImages)
-        self.train_images = dataset.train_images if self.streams else asarray(dataset.train_images)
+        # The batches come from the dataset's reader; one that reads from disk (a decoded
+        # folder) is read ahead of the step that needs it (self._prefetcher, while train runs).
+        self.images = dataset.batch_reader()
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
         self._prefetcher = None
         self.stopped_by = None  # the stop signal that interrupted train, if one did
@@ -134,20 +133,16 @@ class Trainer:
     def batch(self, step: int):
         xp = get_array_module(self.train_labels)
         index = xp.asarray(self.batch_indices(step))
-        if self.streams:
-            images = xp.asarray(self._prefetcher.get(step) if self._prefetcher
-                                else self.read_batch(step))
-        else:
-            images = self.train_images[index]
+        images = xp.asarray(self._prefetcher.get(step) if self._prefetcher else self.read_batch(step))
         mirror = None
         if self.dataset.mirror:
             flips = np.random.default_rng([self.config.seed, 2, step]).random(len(index)) < 0.5
             mirror = xp.asarray(flips)
         return preprocess(images, mirror), self.train_labels[index]
 
-    def read_batch(self, step: int) -> np.ndarray:
-        """The uint8 images of step ``step``, read from disk (a training set kept there)."""
-        return self.train_images[self.batch_indices(step)]
+    def read_batch(self, step: int):
+        """The uint8 images of step ``step``, from the dataset's batch reader."""
+        return self.images.read(self.batch_indices(step))
 
     # ------------------------------------------------------------------ files
     def path(self, name: str) -> str:
@@ -196,18 +191,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step: int):
-        """One SGD step; returns device scalars (loss, margin-free accuracy, mean target cosine).
+        """One SGD step (``sgd_step``); returns device scalars (loss, margin-free accuracy,
+        mean target cosine).
 
         Nothing in a step reads a value back from the device, which on a GPU would stall it
         until it caught up: the labels were checked once in __init__, so the loss skips its
         value checks, and finiteness is checked once per window of steps (``_read_window``).
         """
-        net, head = self.model.net, self.model.head
         x, y = self.batch(step)
-        head.set_step(step)
-        loss = head.forward(net.forward(x), y, check_values=False)
-        net.backward(head.backward())
-        self.optimizer.step(self.schedule(step))
+        with value_checks(False):
+            loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step)
+        head = self.model.head
         correct = (head.scores.argmax(axis=1) == y).mean()
         return loss, correct, head.target_cosines().mean()
 
@@ -227,7 +221,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = []
         window_start = time.perf_counter()
-        if self.streams:
+        if self.images.read_ahead:
             self._prefetcher = Prefetcher(self.read_batch, end)
         try:
             while self.step < end and self.stopped_by is None:
@@ -303,6 +297,18 @@ class Trainer:
         with open(self.path("metrics.jsonl"), "a") as file:
             file.write(json.dumps(record) + "\n")
         return record
+
+
+def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int):
+    """One step of SGD on the batch (x, labels): the head's schedules set to ``step``, the
+    network and head forward (the loss), backward through both, one update at ``lr``.
+    Returns the loss, a 0-d array on the device."""
+    net, head = model.net, model.head
+    head.set_step(step)
+    loss = head.forward(net.forward(x), labels)
+    net.backward(head.backward())
+    optimizer.step(lr)
+    return loss
 
 
 def format_record(record: dict, epoch: float) -> str:

@@ -282,7 +282,7 @@ def trained_parameters(dataset, out, **settings):
     resumed = Trainer(config, dataset, str(out), progress=False)
     resumed.resume()
     assert resumed.train() == "finished"
-    return trainer.streams, resumed.model.net.state_dict()
+    return trainer.images.read_ahead, resumed.model.net.state_dict()
 
 
 def test_training_from_disk_is_bit_identical_to_training_from_memory(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from amnp import checkpoint, cli
+from amnp.backend import get_backend
 from amnp.data import VerificationDataset
 from amnp.config import TrainConfig
 from amnp.training import Trainer, TrainingDiverged
@@ -41,6 +42,13 @@ def config(**overrides):
     settings = dict(iters=12, batch_size=8, loss_options={"s": 8.0}, log_every=2, checkpoint_every=4, warmup=2)
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def test_a_trainer_trains_on_the_current_backend_and_never_changes_it(tmp_path):
+    assert get_backend() == "numpy"
+    with pytest.raises(ValueError, match="the run trains on cupy but the current backend is numpy"):
+        Trainer(config(backend="cupy"), tiny_dataset(), str(tmp_path), progress=False)
+    assert get_backend() == "numpy"
 
 
 def test_resumed_run_ends_with_exactly_the_parameters_of_the_uninterrupted_run(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import asarray, get_array_module
 from .on_disk import DiskImages
 
 __all__ = [
@@ -200,6 +201,16 @@ class VerificationDataset:
         """Shape (C, H, W) of one image."""
         return tuple(int(d) for d in self.train_images.shape[1:])
 
+    def batch_reader(self):
+        """The training images as a trainer reads them, a batch at a time: ``read(indices)``
+        gives the uint8 images of the rows ``indices`` (a 1-D integer array), and
+        ``read_ahead`` says whether reading is slow enough to do ahead of the step that needs
+        it.  Images in memory move to the device (the current backend) once, here, and a
+        batch only indexes them there; a `DiskImages` reads each batch from its file."""
+        if isinstance(self.train_images, DiskImages):
+            return self.train_images
+        return DeviceImages(self.train_images)
+
     def __repr__(self) -> str:
         # The default dataclass repr would print every pixel.
         n_test_ids = len(np.unique(self.test_labels))
@@ -210,6 +221,19 @@ class VerificationDataset:
             f"{int(self.pair_same.sum())} same / {int((~self.pair_same).sum())} different pairs in "
             f"{len(np.unique(self.pair_fold))} folds, gallery {len(self.gallery)}, "
             f"probes {len(self.probes)}, mirror={self.mirror})")
+
+
+class DeviceImages:
+    """uint8 images (N, C, H, W) held on the device, read a batch at a time (see
+    `VerificationDataset.batch_reader`): no transfer per batch but the indices'."""
+
+    read_ahead = False
+
+    def __init__(self, images):
+        self.images = asarray(images)
+
+    def read(self, indices):
+        return self.images[get_array_module(self.images).asarray(indices)]
 
 
 # ----------------------------------------------------------------------------

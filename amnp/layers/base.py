@@ -1,13 +1,19 @@
 """The layer protocol and the two containers.
 
+One protocol for every piece with a forward and a backward pass: a layer, a loss
+(amnp.losses) and a classifier head (amnp.heads) are all ``Layer``s.
+``out = layer.forward(*inputs)`` keeps what backward needs; ``layer.backward(dout)``
+returns the gradient with respect to the (first) input, dout being dL/d(out).  A
+loss's output is the batch's mean loss, a 0-d array on the inputs' device, so its
+``backward(dout=1.0)`` defaults dout to 1.
+
 A layer owns two dicts with the same keys: ``params`` (the arrays forward reads,
 at call time, so assigning a new array of the same shape loads weights) and
 ``grads`` (filled by backward for the last forward).  Parameters are created with
 ``add_parameter``, which also records whether weight decay applies to them: the
-layer that creates a parameter knows what it is, the optimizer does not.  ``y = layer.forward(x)``
-keeps what backward needs; ``dx = layer.backward(dout)`` returns the gradient
-for the input.  A layer instance is used once per forward pass: calling it twice
-before backward would overwrite its cache.
+layer that creates a parameter knows what it is, the optimizer does not.  A layer
+instance is used once per forward pass: calling it twice before backward would
+overwrite its cache.
 """
 from __future__ import annotations
 
@@ -33,14 +39,14 @@ class Layer:
             self.no_weight_decay.add(key)
         return value
 
-    def forward(self, x):
+    def forward(self, *inputs):
         raise NotImplementedError
 
     def backward(self, dout):
         raise NotImplementedError
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
 
     def _last_cache(self):
         if self._cache is None:
