@@ -88,14 +88,10 @@ PAPER_ITERATIONS = 30_000
 PAPER_MILESTONES = (16_000, 24_000, 28_000)
 
 
-def paper_schedule(base_lr=0.1) -> MultiStepLR:
-    """The AM-Softmax paper's schedule: lr 0.1, ÷10 at 16k, 24k and 28k of 30k iterations."""
-    return MultiStepLR(base_lr, PAPER_MILESTONES)
-
-
 def scaled_paper_schedule(total_steps, base_lr=0.1, warmup_steps=0) -> object:
-    """The paper's schedule stretched to ``total_steps``: milestones at the same fractions
-    (16/30, 24/30, 28/30), optionally after a linear warm-up."""
+    """The AM-Softmax paper's schedule (lr 0.1, ÷10 at 16k, 24k and 28k of 30k iterations)
+    stretched to ``total_steps``: milestones at the same fractions (16/30, 24/30, 28/30),
+    optionally after a linear warm-up.  ``total_steps=PAPER_ITERATIONS`` is the paper's own."""
     milestones = [round(total_steps * m / PAPER_ITERATIONS) for m in PAPER_MILESTONES]
     schedule = MultiStepLR(base_lr, milestones)
     return WarmupLR(schedule, warmup_steps) if warmup_steps else schedule

@@ -31,8 +31,9 @@ def test_docs_build_strict(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     assert result.returncode == 0, result.stdout + result.stderr
-    reference = (tmp_path / "site" / "api" / "heads" / "index.html").read_text(encoding="utf-8")
-    assert "build_head" in reference and "MarginHead" in reference
+    reference = (tmp_path / "site" / "api" / "config" / "index.html").read_text(encoding="utf-8")
+    assert "build_head" in reference and "TrainConfig" in reference
+    assert "MarginHead" in (tmp_path / "site" / "api" / "heads" / "index.html").read_text(encoding="utf-8")
 
 
 def test_readme_has_an_example():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from amnp import layers as L
-from amnp.optim import SGD, MultiStepLR, WarmupLR, paper_schedule, scaled_paper_schedule
+from amnp.optim import PAPER_ITERATIONS, SGD, MultiStepLR, WarmupLR, scaled_paper_schedule
 
 
 def test_sgd_matches_the_formula_and_skips_decay_on_biases_and_slopes():
@@ -33,8 +33,8 @@ def test_sgd_rejects_bad_hyperparameters():
         SGD(L.Linear(1, 1), weight_decay=-1)
 
 
-def test_paper_schedule():
-    schedule = paper_schedule()
+def test_the_scaled_schedule_at_the_papers_length_is_the_papers():
+    schedule = scaled_paper_schedule(PAPER_ITERATIONS)
     assert [schedule(t) for t in (0, 15_999, 16_000, 24_000, 28_000, 29_999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.001, 0.0001, 0.0001])
 
