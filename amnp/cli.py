@@ -124,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
-    train.set_defaults(parser=train)  # for telling which options were given (--resume)
 
     evaluate_cmd = commands.add_parser(
         "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree",
@@ -137,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--out", metavar="FILE", default=None,
                               help="with --pairs: the JSON to write (default DIR/eval-<name of ROOT>.json)")
     add_image_options(evaluate_cmd, "the images")
-    evaluate_cmd.set_defaults(parser=evaluate_cmd)
 
     embed_cmd = commands.add_parser("embed", help="L2-normalised features of every image of a tree")
     embed_cmd.add_argument("run_dir", metavar="DIR")
@@ -337,21 +335,19 @@ def report(run_dir: str, net, dataset, seed: int) -> dict:
     return metrics
 
 
-RESUME_OPTIONS = ("resume", "backend", "stop_at", "no_eval")
+RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval")
 
 
-def options_given(parser, argv, allowed) -> list[str]:
-    """The options of ``parser``, other than ``allowed`` (dests), that appear in ``argv``,
-    whatever their value: one given with its default value was still asked for.  (The
-    parsers take no abbreviations, so every option appears under its own name.)"""
-    written = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
-    return ["/".join(o for o in action.option_strings if o.startswith("--")) for action in parser._actions
-            if action.option_strings and action.dest not in allowed and written & set(action.option_strings)]
+def options_written(argv, allowed) -> list[str]:
+    """The options written in ``argv`` other than ``allowed``, sorted, whatever their values:
+    one given with its default value was still asked for.  (The parsers take no
+    abbreviations and parsed ``argv`` already, so every option appears under its own name.)"""
+    return sorted({token.split("=", 1)[0] for token in argv if token.startswith("--")} - set(allowed))
 
 
 def train_command(args) -> int:
     if args.resume is not None:
-        ignored = options_given(args.parser, args.argv, RESUME_OPTIONS)
+        ignored = options_written(args.argv, RESUME_OPTIONS)
         if ignored:
             raise UsageError(
                 f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
@@ -448,7 +444,7 @@ def eval_command(args) -> int:
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
-        given = options_given(args.parser, args.argv, ("run_dir", "backend", "pairs", "images"))
+        given = options_written(args.argv, ("--backend", "--pairs", "--images"))
         if given:
             raise UsageError(f"{', '.join(given)} apply only with --pairs and --images; without them "
                              f"eval re-evaluates the run on its own held-out identities")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 
 from .backend import get_array_module
+from .validation import matching_state
 
 
 class SGD:
@@ -49,12 +50,7 @@ class SGD:
         """Replace the momentum buffers; every one is checked (a parameter of this model,
         same shape, same dtype) before any is taken, so a mismatch changes nothing."""
         own = {name: owner.params[key] for name, owner, key in self.model.named_parameters()}
-        for name, v in velocity.items():
-            if name not in own or tuple(v.shape) != tuple(own[name].shape):
-                raise ValueError(f"SGD: optimizer state for {name!r} does not match the model")
-            if v.dtype != own[name].dtype:
-                raise TypeError(f"SGD: optimizer state for {name!r} has dtype {v.dtype}, "
-                                f"the parameter {own[name].dtype}")
+        matching_state(velocity, own, "SGD: the optimizer state does not fit", complete=False)
         self.velocity = {name: v.copy() for name, v in velocity.items()}
 
 

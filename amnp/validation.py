@@ -17,6 +17,8 @@ import contextlib
 import numbers
 import threading
 
+import numpy as np
+
 from .backend import get_array_module, to_numpy
 
 
@@ -115,6 +117,46 @@ def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None
             f"{where}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
             f"got values from {low} to {high}"
         )
+
+
+def matching_state(given: dict, own: dict, where: str = "", complete: bool = True) -> None:
+    """Check that the arrays ``given`` ({name: array}) can replace ``own`` ({name: array}):
+    no name ``own`` lacks, every name of ``own`` when ``complete``, the same shapes and the
+    same dtypes.  Raises ValueError naming every mismatch (TypeError when only dtypes
+    differ), the message starting with ``where``; the one check of state dicts, optimizer
+    state and checkpoints."""
+    problems, dtypes = [], []
+    missing = sorted(set(own) - set(given)) if complete else []
+    unexpected = sorted(set(given) - set(own))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in sorted(set(given) & set(own)):
+        if tuple(given[name].shape) != tuple(own[name].shape):
+            problems.append(f"{name} has shape {tuple(given[name].shape)}, "
+                            f"the model needs {tuple(own[name].shape)}")
+        elif np.dtype(given[name].dtype) != np.dtype(own[name].dtype):
+            dtypes.append(f"{name} has dtype {given[name].dtype}, the model needs {own[name].dtype}")
+    if problems or dtypes:
+        message = "; ".join(problems + dtypes)
+        raise (ValueError if problems else TypeError)(f"{where}: {message}" if where else message)
+
+
+def row_indices(values, size: int, name: str, what: str):
+    """``values`` as an int64 NumPy array of indices into the ``size`` rows of ``what``:
+    TypeError when they are not integers, ValueError when one lies outside [0, size).
+    Negative indices are refused on purpose: NumPy would wrap them around to the end of
+    the array and pick the wrong row."""
+    indices = np.asarray(values)
+    if indices.size == 0:  # an empty list has dtype float64 and is still a valid empty index
+        return indices.astype(np.int64)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {indices.dtype}")
+    if indices.min() < 0 or indices.max() >= size:
+        raise ValueError(f"{name} must index {what} (0..{size - 1}): out of range, "
+                         f"found values from {indices.min()} to {indices.max()}")
+    return indices.astype(np.int64, copy=False)
 
 
 def window(kernel_size, stride, padding, where: str):

@@ -358,17 +358,27 @@ Y = np.array([False, False, True, True])
         (lambda: tar_at_far(S, Y, fars=(1.5,)), r"target FAR must lie in \[0, 1\]"),
         (lambda: kfold_verification(S, Y, np.array([0, 1, 0])), "one entry per pair"),
         (lambda: kfold_verification(S, Y, np.zeros(4, int)), "at least 2 folds"),
-        (lambda: kfold_verification(S, Y, np.array([0.0, 1.0, 0.0, 1.0])), "integer fold"),
         (lambda: pair_scores(np.eye(3), np.array([[0, 3]])), "out of range"),
         (lambda: pair_scores(np.eye(3), np.array([[0, -1]])), "out of range"),
         (lambda: pair_scores(np.eye(3), np.array([0, 1])), r"shape \(P, 2\)"),
-        (lambda: pair_scores(np.eye(3), np.array([[0.0, 1.0]])), "integer indices"),
         (lambda: normalize_embeddings(np.ones(3)), "2-D"),
         (lambda: normalize_embeddings(np.array([[np.nan, 1.0]])), "NaN"),
     ],
 )
 def test_bad_verification_inputs(call, message):
     with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kfold_verification(S, Y, np.array([0.0, 1.0, 0.0, 1.0])), "integer fold"),
+        (lambda: pair_scores(np.eye(3), np.array([[0.0, 1.0]])), "integer indices"),
+    ],
+)
+def test_a_wrong_dtype_is_a_type_error(call, message):
+    with pytest.raises(TypeError, match=message):
         call()
 
 

@@ -133,7 +133,7 @@ def mismatched_tree(base):
     (["train", "--resume", "{run}", "--iters", "3", "--lr", "1", "--no-eval"],
      "so --iters, --lr cannot apply; on resume only --backend, --stop-at and --no-eval do"),
     (["train", "--resume", "{run}", "--m", "0.2", "--no-feature-normalization", "--margins", "1,0,0"],
-     "so --m, --no-feature-normalization, --margins cannot apply"),
+     "so --m, --margins, --no-feature-normalization cannot apply"),
     (["train", "--resume", "{run}", "--lr", "0.1", "--loss", "am-softmax", "--seed=0"],
      "so --loss, --lr, --seed cannot apply"),  # given at their default values: still refused
 ])

@@ -56,9 +56,9 @@ def test_sgd_load_state_dict_checks_every_buffer_before_taking_any():
     opt = SGD(net)
     kept = {"0.weight": np.ones((2, 2), np.float32)}
     opt.load_state_dict(kept)
-    with pytest.raises(TypeError, match="'0.bias' has dtype float64"):
+    with pytest.raises(TypeError, match="0.bias has dtype float64"):
         opt.load_state_dict({"0.weight": np.zeros((2, 2), np.float32), "0.bias": np.zeros(2)})
-    with pytest.raises(ValueError, match="'1.weight' does not match"):
+    with pytest.raises(ValueError, match=r"1.weight has shape \(3,\), the model needs \(2,\)"):
         opt.load_state_dict({"0.weight": np.zeros((2, 2), np.float32), "1.weight": np.zeros(3, np.float32)})
     np.testing.assert_array_equal(opt.velocity["0.weight"], kept["0.weight"])
     assert set(opt.velocity) == {"0.weight"}

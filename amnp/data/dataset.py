@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import asarray, get_array_module
+from ..validation import row_indices
 from .on_disk import DiskImages
 
 __all__ = [
@@ -48,13 +49,14 @@ def default_cache_dir() -> Path:
 
 
 def _as_int64(name: str, values, ndim: int) -> np.ndarray:
-    """Return ``values`` as an int64 array with ``ndim`` dimensions, or raise ValueError."""
+    """Return ``values`` as an int64 array with ``ndim`` dimensions; TypeError for other
+    than integers, ValueError for another number of dimensions."""
     array = np.asarray(values)
     if array.size == 0:
         # An empty list has dtype float64; it is still a valid empty index array.
         array = array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}")
     return array.astype(np.int64, copy=False)
@@ -62,18 +64,11 @@ def _as_int64(name: str, values, ndim: int) -> np.ndarray:
 
 def _check_images(name: str, images) -> None:
     if not isinstance(images, (np.ndarray, DiskImages)):
-        raise ValueError(f"{name} must be a numpy array or DiskImages, got {type(images).__name__}")
+        raise TypeError(f"{name} must be a numpy array or DiskImages, got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8 (pixel values 0..255), got {images.dtype}")
+        raise TypeError(f"{name} must have dtype uint8 (pixel values 0..255), got {images.dtype}")
     if images.ndim != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W), got {images.shape}")
-
-
-def _check_indices(name: str, indices: np.ndarray, size: int, what: str) -> None:
-    if indices.size and (indices.min() < 0 or indices.max() >= size):
-        raise ValueError(
-            f"{name} must index {what} (0..{size - 1}), "
-            f"found values from {indices.min()} to {indices.max()}")
 
 
 @dataclass(repr=False, eq=False)  # arrays make == and the default repr useless
@@ -148,7 +143,7 @@ class VerificationDataset:
         if self.pair_same.size == 0:
             self.pair_same = self.pair_same.astype(bool)
         if self.pair_same.dtype != bool:
-            raise ValueError(f"pair_same must be a bool array, got dtype {self.pair_same.dtype}")
+            raise TypeError(f"pair_same must be a bool array, got dtype {self.pair_same.dtype}")
         self.class_names = [str(name) for name in self.class_names]
         self.test_class_names = [str(name) for name in self.test_class_names]
         self.mirror = bool(self.mirror)
@@ -158,8 +153,7 @@ class VerificationDataset:
             raise ValueError(f"{n_train} train_images but {len(self.train_labels)} train_labels")
         if len(self.test_labels) != n_test:
             raise ValueError(f"{n_test} test_images but {len(self.test_labels)} test_labels")
-        _check_indices("train_labels", self.train_labels, self.num_classes,
-                       f"the {self.num_classes} class_names")
+        row_indices(self.train_labels, self.num_classes, "train_labels", f"the {self.num_classes} class_names")
         if self.test_labels.size and self.test_labels.min() < 0:
             raise ValueError("test_labels must be non-negative identity ids")
         if self.test_class_names and self.test_labels.size \
@@ -175,7 +169,7 @@ class VerificationDataset:
             raise ValueError(
                 f"{n_pairs} pairs need pair_same and pair_fold of shape ({n_pairs},), got "
                 f"{self.pair_same.shape} and {self.pair_fold.shape}")
-        _check_indices("pairs", self.pairs, n_test, "test_images")
+        row_indices(self.pairs, n_test, "pairs", "test_images")
         if self.pair_fold.size and self.pair_fold.min() < 0:
             raise ValueError("pair_fold must hold non-negative fold numbers")
         # pair_same is redundant with test_labels; a mismatch means a bug in the loader.
@@ -186,8 +180,8 @@ class VerificationDataset:
                 f"pair_same[{bad}] = {bool(self.pair_same[bad])} disagrees with test_labels "
                 f"of pair {tuple(int(i) for i in self.pairs[bad])}")
 
-        _check_indices("gallery", self.gallery, n_test, "test_images")
-        _check_indices("probes", self.probes, n_test, "test_images")
+        row_indices(self.gallery, n_test, "gallery", "test_images")
+        row_indices(self.probes, n_test, "probes", "test_images")
         if np.intersect1d(self.gallery, self.probes).size:
             raise ValueError("gallery and probes must be disjoint")
 

@@ -17,9 +17,8 @@ overwrite its cache.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import asarray, to_numpy
+from ..validation import matching_state
 
 
 class Layer:
@@ -75,25 +74,8 @@ class Layer:
         """Copy arrays into the parameters, on the current backend, after checking that the
         names, shapes and dtypes all match; nothing is changed when anything differs."""
         own = {name: (layer, key) for name, layer, key in self.named_parameters()}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{type(self).__name__}: parameters do not match; "
-                f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
-            )
-        for name, (layer, key) in own.items():
-            current, given = layer.params[key], state[name]
-            if tuple(given.shape) != tuple(current.shape):
-                raise ValueError(
-                    f"{type(self).__name__}: parameter {name!r} has shape {tuple(current.shape)} "
-                    f"but the state gives {tuple(given.shape)}"
-                )
-            if np.dtype(given.dtype) != np.dtype(current.dtype):
-                raise TypeError(
-                    f"{type(self).__name__}: parameter {name!r} has dtype {current.dtype} "
-                    f"but the state gives {given.dtype}"
-                )
+        matching_state(state, {name: layer.params[key] for name, (layer, key) in own.items()},
+                       f"{type(self).__name__}: the state does not fit")
         for name, (layer, key) in own.items():
             # a copy: the optimizer updates parameters in place, which must not reach the caller
             layer.params[key] = asarray(state[name], dtype=layer.params[key].dtype).copy()
