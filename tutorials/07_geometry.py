@@ -237,7 +237,7 @@ checks.show(os.path.join(OUT, "07_circle_all.png"))
 # %% [markdown]
 # ## 4. On the sphere: five losses with a 3-D embedding
 # Softmax, NormFace, A-Softmax ($m = 4$, scaled by $\lVert f\rVert$, annealed with λ), AM-Softmax
-# and ArcFace ($m = 0.5$), all from `amnp.heads.build_head`.
+# and ArcFace ($m = 0.5$), all from `amnp.config.build_head`.
 
 # %%
 sphere_runs = [
