@@ -90,6 +90,10 @@ class TrainConfig:
             values["loss_options"] = {**legacy, **values.get("loss_options", {})}
         return cls(**values)
 
+    def build_head(self, embedding_size: int, num_classes: int, rng=None) -> Head:
+        """The head of the run's loss, from the options ``validate`` resolved (not again)."""
+        return LOSSES[self.loss].build(embedding_size, num_classes, self.loss_options, np.float32, rng)
+
     @property
     def dataset_spec(self) -> "DatasetSpec":
         """``dataset`` parsed (parse_dataset_spec)."""

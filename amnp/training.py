@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import checkpoint, models, rundir
 from .backend import asarray, get_array_module, get_backend, to_numpy
-from .config import TrainConfig, build_head, steps_per_epoch
+from .config import TrainConfig, steps_per_epoch
 from .data.prefetch import Prefetcher
 from .heads import TrainingModel
 from .inference import preprocess
@@ -102,8 +102,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         rng = np.random.default_rng(config.seed)
         net = models.build(config.model, dataset.image_shape, rng=rng)
-        head = build_head(config.loss, models.embedding_size(net), dataset.num_classes, rng=rng,
-                          **config.loss_options)
+        head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng)
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
