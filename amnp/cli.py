@@ -44,7 +44,7 @@ from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
 from .training import Interrupted, Trainer, TrainingDiverged, catch_stop_signals
-from .validation import NonFiniteError, finite
+from .validation import NonFiniteError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C; any stop signal ends with 128 + its number
@@ -422,14 +422,7 @@ def open_run(args):
     """The run's network on the chosen backend (no trainer, no optimizer, no training data);
     a NaN or Inf parameter (a damaged checkpoint) is refused: its features would be meaningless."""
     set_backend(args.backend or get_backend())
-    run = load_run(args.run_dir)
-    for name, owner, key in run.net.named_parameters():
-        try:
-            finite(owner.params[key], os.path.join(args.run_dir, "checkpoint.npz"), f"parameter net.{name}")
-        except NonFiniteError as exc:
-            raise UsageError(f"{exc}; the network cannot be used (the file is damaged: restore it "
-                             "from a copy or retrain the run)") from None
-    return run
+    return load_run(args.run_dir)
 
 
 def run_features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import checkpoint, models
 from .layers import Sequential
+from .validation import NonFiniteError, finite
 from .config import TrainConfig, read_config
 
 # The input and mirroring of the datasets whose images have one fixed size.
@@ -44,8 +45,9 @@ class Run(NamedTuple):
 def load_run(run_dir) -> Run:
     """The trained network of ``run_dir`` (on the current backend), for inference.
 
-    Raises ValueError (no run there, invalid config) or CheckpointError
-    (missing, corrupt, or not this network's checkpoint).
+    Raises ValueError (no run there, invalid config) or CheckpointError (missing, corrupt,
+    not this network's checkpoint, or a NaN or Inf parameter: a damaged file, whose
+    features would be meaningless).
     """
     config = read_config(run_dir)
     path = os.path.join(run_dir, "checkpoint.npz")
@@ -65,4 +67,10 @@ def load_run(run_dir) -> Run:
             f"by an older amnp); `amnp train --resume {run_dir} --no-eval` rewrites it with that record")
     net = models.build(config.model, image_shape, rng=np.random.default_rng(config.seed))
     meta = checkpoint.load_network(path, net)
+    for name, owner, key in net.named_parameters():
+        try:
+            finite(owner.params[key], path, f"parameter net.{name}")
+        except NonFiniteError as exc:
+            raise checkpoint.CheckpointError(f"{exc}; the network cannot be used (the file is damaged: "
+                                             "restore it from a copy or retrain the run)") from None
     return Run(net, config, meta["step"], image_shape, mirror)
