@@ -3,11 +3,11 @@
     import amnp
     from amnp import layers, losses, functional
 
-``amnp.data``, ``amnp.evaluation``, ``amnp.figures`` and ``amnp.training`` load
-matplotlib or tqdm and are imported on demand; so is ``amnp.load_run(DIR)``
-(a trained run's network for inference, see ``amnp.run``), on first use.
+``amnp.data``, ``amnp.evaluation``, ``amnp.figures``, ``amnp.inference`` and
+``amnp.training`` load matplotlib or tqdm and are imported on demand.
+``amnp.load_run(DIR)`` is a trained run's network for inference (``amnp.run``).
 """
-from . import functional, gradcheck, heads, layers, losses, models, optim
+from . import config, functional, gradcheck, heads, layers, losses, models, optim
 from .backend import (
     asarray,
     get_array_module,
@@ -16,19 +16,11 @@ from .backend import (
     to_numpy,
     use_backend,
 )
+from .run import load_run
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name):
-    # load_run needs the trainer's config and so tqdm and matplotlib: import it on first use
-    if name == "load_run":
-        from .run import load_run
-        return load_run
-    raise AttributeError(f"module 'amnp' has no attribute {name!r}")
-
-
 __all__ = [
     "asarray", "get_array_module", "get_backend", "set_backend", "to_numpy", "use_backend",
-    "functional", "gradcheck", "heads", "layers", "losses", "models", "optim", "load_run",
+    "config", "functional", "gradcheck", "heads", "layers", "losses", "models", "optim", "load_run",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 
 from .backend import asarray, to_numpy
 from .rundir import atomic_file
+from .validation import matching_state
 
 FORMAT_VERSION = 1
 
@@ -90,25 +91,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def mismatches(given: dict, own: dict, complete: bool) -> list[str]:
-    """What keeps the arrays ``given`` from replacing ``own`` (both {name: array}):
-    missing names (when ``complete``), unexpected names, other shapes, other dtypes."""
-    problems = []
-    missing = sorted(set(own) - set(given)) if complete else []
-    unexpected = sorted(set(given) - set(own))
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
-    for name in sorted(set(given) & set(own)):
-        if tuple(given[name].shape) != tuple(own[name].shape):
-            problems.append(f"{name} has shape {tuple(given[name].shape)}, "
-                            f"the model needs {tuple(own[name].shape)}")
-        elif np.dtype(given[name].dtype) != np.dtype(own[name].dtype):
-            problems.append(f"{name} has dtype {given[name].dtype}, the model needs {own[name].dtype}")
-    return problems
-
-
 def _parameters(model) -> dict:
     return {name: owner.params[key] for name, owner, key in model.named_parameters()}
 
@@ -124,9 +106,13 @@ def load(path, model, optimizer=None) -> dict:
     """
     params, velocity, meta = read(path)
     own = _parameters(model)
-    problems = [f"parameters: {p}" for p in mismatches(params, own, complete=True)]
-    if optimizer is not None:
-        problems += [f"momentum: {p}" for p in mismatches(velocity, own, complete=False)]
+    checks = [("parameters", params, True)] + ([("momentum", velocity, False)] if optimizer else [])
+    problems = []
+    for what, given, complete in checks:
+        try:
+            matching_state(given, own, what, complete)
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}")
     model.load_state_dict(params)
@@ -142,8 +128,9 @@ def load_network(path, net, prefix: str = "net.") -> dict:
     as ``load``; returns the meta dict."""
     params, _, meta = read(path)
     params = {name[len(prefix):]: v for name, v in params.items() if name.startswith(prefix)}
-    problems = mismatches(params, _parameters(net), complete=True)
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit this network: {'; '.join(problems)}")
+    try:
+        matching_state(params, _parameters(net))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this network: {exc}") from None
     net.load_state_dict(params)
     return meta

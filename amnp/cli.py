@@ -39,13 +39,12 @@ import numpy as np
 from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
-from .functional import l2_normalize_forward
-from .heads import LOSSES
-from .run import load_run, read_config
+from .config import LOSSES, OptionError, TrainConfig, read_config
+from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
+from .run import load_run
 from .rundir import read_metrics
-from .training import (EMBED_BATCH, Interrupted, TrainConfig, Trainer, TrainingDiverged, catch_stop_signals,
-                       embed, evaluate, held_out_metrics, parse_dataset_spec)
-from .validation import NonFiniteError, finite
+from .training import Interrupted, Trainer, TrainingDiverged, catch_stop_signals
+from .validation import NonFiniteError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C; any stop signal ends with 128 + its number
@@ -55,18 +54,18 @@ class UsageError(Exception):
     pass
 
 
-def open_dataset(spec: str, seed: int, image_size=None, grayscale: bool = False):
-    """glyphs | folder:PATH | mnist:PATH -> a VerificationDataset (image_size and grayscale:
-    folder datasets only, TrainConfig.validate says so).  A folder is decoded once into the
-    dataset cache and trained on from there, so it need not fit in memory."""
-    kind, path = parse_dataset_spec(spec)
+def open_dataset(config: TrainConfig):
+    """The VerificationDataset of a validated config: glyphs, folder:PATH or mnist:PATH.  A
+    folder is decoded once into the dataset cache and trained on from there, so it need not
+    fit in memory."""
+    kind, path = config.dataset_spec
     if kind == "glyphs":
-        return data.load_glyphs(seed=seed, progress=sys.stderr.isatty())
+        return data.load_glyphs(seed=config.seed, progress=sys.stderr.isatty())
     if kind == "folder":
-        return data.load_folder_dataset(path, seed=seed, image_size=image_size, grayscale=grayscale,
-                                        cache_dir=data.default_cache_dir() / "folders",
+        return data.load_folder_dataset(path, seed=config.seed, image_size=config.image_size,
+                                        grayscale=config.grayscale, cache_dir=data.default_cache_dir() / "folders",
                                         progress=sys.stderr.isatty())
-    return data.load_mnist_dataset(path, seed=seed)
+    return data.load_mnist_dataset(path, seed=config.seed)
 
 
 def parse_image_size(text: str | None):
@@ -125,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
-    train.set_defaults(parser=train)  # for telling which options were given (--resume)
 
     evaluate_cmd = commands.add_parser(
         "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree",
@@ -138,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--out", metavar="FILE", default=None,
                               help="with --pairs: the JSON to write (default DIR/eval-<name of ROOT>.json)")
     add_image_options(evaluate_cmd, "the images")
-    evaluate_cmd.set_defaults(parser=evaluate_cmd)
 
     embed_cmd = commands.add_parser("embed", help="L2-normalised features of every image of a tree")
     embed_cmd.add_argument("run_dir", metavar="DIR")
@@ -188,7 +185,7 @@ def compare_command(args) -> int:
         base.epochs = None
     base.validate()
     choose_backend(base)
-    dataset = open_dataset(base.dataset, base.seed)
+    dataset = open_dataset(base)
     print(f"comparing {len(entries)} losses on {dataset.name} in {args.out}")
     try:
         table = compare(entries, base, dataset, args.out)
@@ -209,14 +206,25 @@ def margins_command(args) -> int:
     return 0
 
 
+# The flags of the loss options that are not "--" + the name with dashes.
+LOSS_OPTION_FLAGS = {"normalize_features": "--no-feature-normalization",
+                     "m1": "--margins", "m2": "--margins", "m3": "--margins"}
+MARGINS_FLAG = "--margins"
+
+
+def loss_option_flag(name: str) -> str:
+    """The flag of the loss option ``name`` (amnp.config.LOSSES)."""
+    return LOSS_OPTION_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def add_loss_options(parser) -> None:
-    """One flag per option name of the loss registry (amnp.heads.LOSSES); a flag shared by
+    """One flag per option name of the loss registry (amnp.config.LOSSES); a flag shared by
     several losses says what it means for each.  Flags left out stay out of the namespace,
     so only the options given reach the loss, and one it does not take is an error."""
     uses = {}
     for spec in LOSSES.values():
         for option in spec.options:
-            uses.setdefault(option.cli_flag, []).append((spec.name, option))
+            uses.setdefault(loss_option_flag(option.name), []).append((spec.name, option))
     for cli_flag, members in uses.items():
         meanings = {}
         for loss, o in members:
@@ -234,9 +242,6 @@ def add_loss_options(parser) -> None:
         else:
             parser.add_argument(cli_flag, dest=option.name, type=float, default=argparse.SUPPRESS,
                                 help=described)
-
-
-MARGINS_FLAG = "--margins"
 
 
 def loss_options_from_args(args) -> dict:
@@ -263,7 +268,10 @@ def config_from_args(args) -> TrainConfig:
         config.iters, config.epochs = args.iters, None
     elif args.epochs is not None:
         config.epochs = args.epochs
-    config.validate()
+    try:
+        config.validate()
+    except OptionError as exc:  # named by its flag, which is what the user wrote
+        raise UsageError(exc.naming(lambda name: f"{name} ({loss_option_flag(name)})")) from None
     return config
 
 
@@ -327,21 +335,19 @@ def report(run_dir: str, net, dataset, seed: int) -> dict:
     return metrics
 
 
-RESUME_OPTIONS = ("resume", "backend", "stop_at", "no_eval")
+RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval")
 
 
-def options_given(parser, argv, allowed) -> list[str]:
-    """The options of ``parser``, other than ``allowed`` (dests), that appear in ``argv``,
-    whatever their value: one given with its default value was still asked for.  (The
-    parsers take no abbreviations, so every option appears under its own name.)"""
-    written = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
-    return ["/".join(o for o in action.option_strings if o.startswith("--")) for action in parser._actions
-            if action.option_strings and action.dest not in allowed and written & set(action.option_strings)]
+def options_written(argv, allowed) -> list[str]:
+    """The options written in ``argv`` other than ``allowed``, sorted, whatever their values:
+    one given with its default value was still asked for.  (The parsers take no
+    abbreviations and parsed ``argv`` already, so every option appears under its own name.)"""
+    return sorted({token.split("=", 1)[0] for token in argv if token.startswith("--")} - set(allowed))
 
 
 def train_command(args) -> int:
     if args.resume is not None:
-        ignored = options_given(args.parser, args.argv, RESUME_OPTIONS)
+        ignored = options_written(args.argv, RESUME_OPTIONS)
         if ignored:
             raise UsageError(
                 f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
@@ -358,7 +364,7 @@ def train_command(args) -> int:
     with rundir.hold(run_dir, "training"):  # before anything is read or written there
         if args.resume is None:
             refuse_existing_run(run_dir)
-        dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
+        dataset = open_dataset(config)
         trainer = Trainer(config, dataset, run_dir)
         if args.resume is not None:
             trainer.resume()
@@ -416,33 +422,22 @@ def open_run(args):
     """The run's network on the chosen backend (no trainer, no optimizer, no training data);
     a NaN or Inf parameter (a damaged checkpoint) is refused: its features would be meaningless."""
     set_backend(args.backend or get_backend())
-    run = load_run(args.run_dir)
-    for name, owner, key in run.net.named_parameters():
-        try:
-            finite(owner.params[key], os.path.join(args.run_dir, "checkpoint.npz"), f"parameter net.{name}")
-        except NonFiniteError as exc:
-            raise UsageError(f"{exc}; the network cannot be used (the file is damaged: restore it "
-                             "from a copy or retrain the run)") from None
-    return run
+    return load_run(args.run_dir)
 
 
-def features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:
-    """L2-normalised features (N, D), float64, with the ε-norm of amnp.functional; NaN or
-    Inf features (finite weights whose activations overflow float32) are an error."""
-    with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
-        found = l2_normalize_forward(embed(net, images_uint8, mirror))[0]
-    broken = int(np.sum(~np.isfinite(found).all(axis=1)))
-    if broken:
-        raise UsageError(f"the network of {run_dir} gives NaN or Inf features for {broken} of the "
-                         f"{len(found)} images (its activations overflow float32)")
-    return found
+def run_features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:
+    """amnp.inference.features, its error naming the run."""
+    try:
+        return features(net, images_uint8, mirror)
+    except NonFiniteError as exc:
+        raise UsageError(f"the network of {run_dir} {exc}") from None
 
 
 def eval_command(args) -> int:
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
-        given = options_given(args.parser, args.argv, ("run_dir", "backend", "pairs", "images"))
+        given = options_written(args.argv, ("--backend", "--pairs", "--images"))
         if given:
             raise UsageError(f"{', '.join(given)} apply only with --pairs and --images; without them "
                              f"eval re-evaluates the run on its own held-out identities")
@@ -470,7 +465,7 @@ def eval_held_out(args) -> int:
     run = open_run(args)
     config = run.config
     with rundir.hold(args.run_dir, "evaluating"):  # eval.json and figures/ are the trainer's files too
-        dataset = open_dataset(config.dataset, config.seed, config.image_size, config.grayscale)
+        dataset = open_dataset(config)
         rundir.check_data(args.run_dir, dataset, config.dataset, resuming=False)
         print(f"evaluating {args.run_dir} at step {run.step}")
         report(args.run_dir, run.net, dataset, config.seed)
@@ -483,7 +478,7 @@ def embed_command(args) -> int:
     out = args.out or os.path.join(args.run_dir, f"embeddings-{Path(args.images).resolve().name}.npz")
     folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
     check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
-    found = features(args.run_dir, run.net, folder.images, mirror).astype(np.float32)
+    found = run_features(args.run_dir, run.net, folder.images, mirror).astype(np.float32)
     with open(out, "wb") as file:  # a file object: np.savez would add ".npz" to a path without it
         np.savez(file, features=found, paths=np.array(folder.paths), labels=folder.labels,
                  identities=np.array(folder.class_names))
@@ -530,7 +525,7 @@ def verify_command(args) -> int:
             raise UsageError(f"cannot read image {path} ({exc})") from None
         check_input(image.shape, run, args.run_dir, path)
         images.append(image)
-    found = features(args.run_dir, run.net, np.stack(images), mirror)
+    found = run_features(args.run_dir, run.net, np.stack(images), mirror)
     cosine = float(found[0] @ found[1])
     decision = "same identity" if cosine >= threshold else "different identities"
     print(f"cosine {cosine:.4f}, threshold {threshold:.4f} (chosen on the held-out pairs of "

@@ -13,7 +13,7 @@ the same numbers).  Ctrl-C, SIGTERM or SIGHUP stops between steps, saving the ru
 progress and leaving every finished run intact.
 
 An entry is ``LOSS`` or ``LOSS:OPTION=VALUE:...``, e.g. ``am-softmax:m=0.3`` or
-``am-softmax:normalize_features=false``, with the options of amnp.heads.LOSSES.
+``am-softmax:normalize_features=false``, with the options of amnp.config.LOSSES.
 """
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ import numpy as np
 from . import figures, models, rundir
 from .backend import asarray, get_backend, to_numpy
 from .evaluation import roc_curve
+from .config import TrainConfig, build_head, read_config, resolve_loss_options
 from .functional import l2_normalize_forward
-from .heads import TrainingModel, build_head, resolve_loss_options
+from .heads import TrainingModel
+from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
-from .training import Interrupted, TrainConfig, Trainer, TrainingDiverged, evaluate, preprocess
+from .training import Interrupted, Trainer, TrainingDiverged, sgd_step
+from .validation import value_checks
 
 DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25", "am-softmax:m=0.3",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
@@ -100,9 +103,7 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
     title = entry_title(entry)
     with rundir.hold(run_dir, "training"):  # one writer at a time: a second comparison fails here
         if os.path.exists(os.path.join(run_dir, "config.json")):
-            with open(os.path.join(run_dir, "config.json")) as file:
-                saved = TrainConfig.from_dict(json.load(file))
-            saved.validate()
+            saved = read_config(run_dir)
             if _settings(saved) != _settings(config):
                 differ = sorted(k for k in _settings(config) if _settings(saved)[k] != _settings(config)[k])
                 raise ValueError(f"{run_dir} holds a run with other settings than this comparison's "
@@ -236,14 +237,13 @@ def sphere_features(entries, dataset, seed: int, steps: int = SPHERE_STEPS,
         net = models.sphereface(4, widths=(16, 32, 64, 128), in_channels=dataset.image_shape[0],
                                 input_size=dataset.image_shape[1:], embedding_size=3, rng=rng)
         head = build_head(entry.loss, 3, len(chosen), rng=rng, **entry.options)
-        optimizer = SGD(TrainingModel(net, head))
+        model = TrainingModel(net, head)
+        optimizer = SGD(model)
         batches = np.random.default_rng([seed, 5])
         for step in range(steps):
             index = asarray(batches.choice(len(rows), min(SPHERE_BATCH, len(rows)), replace=False))
-            head.set_step(step)
-            head.forward(net.forward(x[index]), labels[index], check_values=False)
-            net.backward(head.backward())
-            optimizer.step(schedule(step))
+            with value_checks(False):  # labels 0 .. identities − 1 by construction, as in training
+                sgd_step(model, optimizer, x[index], labels[index], schedule(step), step)
         features, _ = l2_normalize_forward(net.forward(x))
         panels[entry_title(entry)] = (to_numpy(features), labels_host)
     return panels

@@ -39,10 +39,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .functional.normalize import DEFAULT_EPS, l2_normalize_forward
+from .validation import row_indices
 
 __all__ = [
     "normalize_embeddings",
-    "fuse_mirror",
     "pair_scores",
     "best_threshold",
     "kfold_verification",
@@ -76,20 +76,22 @@ def _check_embeddings(emb: np.ndarray, name: str = "emb") -> np.ndarray:
     return emb
 
 
-def _check_indices(idx: np.ndarray, n: int, name: str) -> np.ndarray:
-    """Return ``idx`` as an integer array of valid row indices into ``n`` rows."""
-    idx = np.asarray(idx)
-    if idx.size and not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"{name} must contain integer indices, got dtype {idx.dtype}")
-    idx = idx.astype(np.int64)
-    # Negative indices are refused on purpose: with numpy they would silently
-    # wrap around to the end of the array and pick the wrong image.
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
+def _check_gallery_probes(emb: np.ndarray, labels, gallery, probes):
+    """``labels`` (one per row of ``emb``) and the ``gallery`` and ``probe`` row indices
+    (a non-empty gallery, disjoint from the probes) as arrays, or ValueError."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
         raise ValueError(
-            f"{name} indices out of range: must lie in [0, {n}), "
-            f"got min {idx.min()} and max {idx.max()}"
+            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
+            f"got shape {labels.shape}"
         )
-    return idx
+    gallery = row_indices(np.ravel(gallery), emb.shape[0], "gallery", "the embeddings")
+    probes = row_indices(np.ravel(probes), emb.shape[0], "probes", "the embeddings")
+    if gallery.size == 0:
+        raise ValueError("the gallery must not be empty")
+    if np.intersect1d(gallery, probes).size:
+        raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
+    return labels, gallery, probes
 
 
 def _check_same(same: np.ndarray, n: int) -> np.ndarray:
@@ -158,32 +160,6 @@ def normalize_embeddings(emb: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarra
     return l2_normalize_forward(emb, eps)[0]
 
 
-def fuse_mirror(emb: np.ndarray, emb_mirror: np.ndarray) -> np.ndarray:
-    """Fuse the embeddings of images and their horizontal mirrors.
-
-    The AM-Softmax deploy network embeds both an image and its left-right
-    flip and uses ``normalize(f(x) + f(flip(x)))``: the sum averages out
-    small asymmetries (pose, lighting) that the identity does not depend on.
-
-    Parameters
-    ----------
-    emb, emb_mirror : array_like, shape (N, D)
-        Embeddings of the images and of their mirrored copies, row-aligned.
-
-    Returns
-    -------
-    ndarray, shape (N, D)
-        L2-normalised sum of the two embeddings.
-    """
-    emb = _check_embeddings(emb)
-    emb_mirror = _check_embeddings(emb_mirror, "emb_mirror")
-    if emb.shape != emb_mirror.shape:
-        raise ValueError(
-            f"emb and emb_mirror have mismatched shapes: {emb.shape} vs {emb_mirror.shape}"
-        )
-    return normalize_embeddings(emb + emb_mirror)
-
-
 def pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Cosine similarity of the two images of each pair.
 
@@ -206,7 +182,7 @@ def pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         raise ValueError(f"pairs must have shape (P, 2), got {pairs.shape}")
-    pairs = _check_indices(pairs, emb.shape[0], "pairs")
+    pairs = row_indices(pairs, emb.shape[0], "pairs", "the embeddings")
     # Row-wise dot product of the two (P, D) blocks, without forming a P x P matrix.
     return np.einsum("pd,pd->p", emb[pairs[:, 0]], emb[pairs[:, 1]])
 
@@ -314,7 +290,7 @@ def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) 
             f"got shape {folds.shape}"
         )
     if not np.issubdtype(folds.dtype, np.integer):
-        raise ValueError(f"folds must contain integer fold numbers, got dtype {folds.dtype}")
+        raise TypeError(f"folds must contain integer fold numbers, got dtype {folds.dtype}")
     fold_ids = np.unique(folds)
     if fold_ids.size < 2:
         raise ValueError(f"need at least 2 folds, got {fold_ids.size}")
@@ -504,21 +480,12 @@ def identification_top1(
         Rank-1 accuracy in [0, 1].
     """
     emb = normalize_embeddings(emb)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(
-            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
-            f"got shape {labels.shape}"
-        )
-    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
-    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
-    if gallery.size == 0 or probes.size == 0:
+    if np.size(probes) == 0:
         raise ValueError("gallery and probes must both be non-empty")
-    if np.intersect1d(gallery, probes).size:
-        raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
+    labels, gallery, probes = _check_gallery_probes(emb, labels, gallery, probes)
     if not np.all(np.isin(labels[probes], labels[gallery])):
         raise ValueError("closed-set identification: every probe identity must appear in the gallery")
-    _, matched = best_gallery_match(emb, labels, gallery, probes, chunk_size)
+    _, matched = _best_matches(emb, labels, gallery, probes, chunk_size)
     return float(np.mean(matched == labels[probes]))
 
 
@@ -542,7 +509,7 @@ def best_gallery_match(
     emb : array_like, shape (N, D)
     labels : array_like of int, shape (N,)
     gallery, probes : array_like of int, shapes (G,) and (Q,)
-        Row indices into ``emb``; the gallery must not be empty.
+        Row indices into ``emb``, disjoint; the gallery must not be empty.
 
     Returns
     -------
@@ -551,14 +518,14 @@ def best_gallery_match(
     matched : ndarray, shape (Q,)
         Identity of that best gallery image.
     """
+    emb = normalize_embeddings(emb)
+    return _best_matches(emb, *_check_gallery_probes(emb, labels, gallery, probes), chunk_size)
+
+
+def _best_matches(emb, labels, gallery, probes, chunk_size):
+    """``best_gallery_match`` on arguments already checked (``_check_gallery_probes``)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    emb = normalize_embeddings(emb)
-    labels = np.asarray(labels)
-    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
-    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
-    if gallery.size == 0:
-        raise ValueError("the gallery must not be empty")
     gallery_emb_t = emb[gallery].T  # (D, G)
     score, best = np.empty(len(probes)), np.empty(len(probes), dtype=np.int64)
     for start in range(0, len(probes), chunk_size):  # a loop over chunks, not over probes
@@ -690,18 +657,10 @@ def open_set_identification(
         protocol's resolution), ``gallery_identities``, ``gallery_images``,
         ``genuine_probes``, ``impostor_probes``.
     """
-    emb = _check_embeddings(emb)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(
-            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
-            f"got shape {labels.shape}")
-    gallery = _check_indices(np.ravel(gallery), emb.shape[0], "gallery")
-    probes = _check_indices(np.ravel(probes), emb.shape[0], "probes")
-    if np.intersect1d(gallery, probes).size:
-        raise ValueError("gallery and probes must be disjoint (a probe would match itself)")
+    emb = normalize_embeddings(emb)
+    labels, gallery, probes = _check_gallery_probes(emb, labels, gallery, probes)
     genuine = _check_open_set(labels[gallery], labels[probes])
-    score, matched = best_gallery_match(emb, labels, gallery, probes, chunk_size)
+    score, matched = _best_matches(emb, labels, gallery, probes, chunk_size)
     rates = _dir_from_best(score, matched, labels[probes], genuine, fars)
     n_impostors = int(np.count_nonzero(~genuine))
     return {
@@ -754,7 +713,7 @@ def evaluate_verification(
     Parameters
     ----------
     emb : array_like, shape (N, D)
-        Embeddings of all images (e.g. from ``fuse_mirror``).
+        Embeddings of all images (e.g. from ``amnp.inference.embed``).
     labels : array_like of int, shape (N,)
         Identity of each image.
     pairs : array_like of int, shape (P, 2)

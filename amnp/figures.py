@@ -23,7 +23,6 @@ __all__ = [
     "plot_roc",
     "plot_pair_histograms",
     "plot_sample_grid",
-    "plot_features_on_circle",
     "plot_target_logits",
     "plot_features_on_sphere",
     "plot_roc_curves",
@@ -282,53 +281,6 @@ def plot_sample_grid(
         # an identity folder whose name is not valid UTF-8 holds surrogate escapes, which no
         # font can draw: show their bytes as \x escapes instead
         ax.set_title(os.fsencode(title).decode("utf-8", "backslashreplace"), fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_features_on_circle(features2d: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> str:
-    """2-D features projected onto the unit circle, coloured by class.
-
-    With a 2-D embedding, AM-Softmax's effect is visible directly: after
-    normalisation ``x / ||x||`` every feature is a point on the circle, and the
-    margin pushes each class into a tight arc with gaps between classes.
-
-    Parameters
-    ----------
-    features2d : array_like, shape (N, 2)
-        2-D features (normalised here; zero rows stay at the origin).
-    labels : array_like of int, shape (N,)
-        Class of each feature.
-    path : str or PathLike
-        Output PNG file.
-
-    Returns
-    -------
-    str
-        ``path``.
-    """
-    features2d = np.asarray(features2d, dtype=float)
-    labels = np.asarray(labels)
-    if features2d.ndim != 2 or features2d.shape[1] != 2:
-        raise ValueError(f"features2d must have shape (N, 2), got {features2d.shape}")
-    if labels.shape != features2d.shape[:1]:
-        raise ValueError(f"labels must have shape ({features2d.shape[0]},), got {labels.shape}")
-    norms = np.linalg.norm(features2d, axis=1, keepdims=True)
-    points = features2d / np.maximum(norms, 1e-12)
-
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    angle = np.linspace(0, 2 * np.pi, 361)
-    ax.plot(np.cos(angle), np.sin(angle), color="lightgray", linewidth=1)
-    classes, class_index = np.unique(labels, return_inverse=True)
-    # Qualitative palette indexed by class number (colours repeat after 20 classes).
-    palette = colormaps["tab10" if classes.size <= 10 else "tab20"]
-    colors = palette(class_index % palette.N)
-    ax.scatter(points[:, 0], points[:, 1], c=colors, s=8, alpha=0.7)
-    ax.set_aspect("equal")
-    ax.set_xlim(-1.15, 1.15)
-    ax.set_ylim(-1.15, 1.15)
-    ax.set_title(f"normalised features ({classes.size} classes)")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,13 +1,11 @@
-"""Classifier heads, and the one registry of losses that the config, the CLI and
-``build_head`` all read.
+"""Classifier heads: a classifier layer and a loss, for training.
 
 A head sits on top of the embedding network during training only.  It owns its
 classifier layer (and a learned scale, where its loss has one) and takes the
 labels in its forward pass, because margin losses need them to place the margin:
 
     loss = head.forward(embeddings, labels)    # 0-d array on the device, batch mean
-                                               # (check_values=False: labels already checked)
-    d_embeddings = head.backward()
+    d_embeddings = head.backward()             # dout = dL_total/dloss, 1.0 by default
     head.scores                                # margin-free scores of the last forward
     head.target_cosines()                      # cos θ between each feature and its class weight
     head.set_step(step)                        # per-iteration schedules (margin ramp, λ)
@@ -17,14 +15,11 @@ labels in its forward pass, because margin losses need them to place the margin:
 their argmax is the classification accuracy to log: the loss itself is inflated
 by the margin and is a poor progress signal.
 
-Adding a member of the margin family is one ψ function in amnp.functional.margins
-plus one entry in ``LOSSES`` below, with its options, defaults and checks.
+The registry of losses that builds them from a name and options is
+``amnp.config.LOSSES`` (``amnp.config.build_head``).
 """
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,10 +27,12 @@ import numpy as np
 from . import functional as F
 from .backend import asarray, get_array_module
 from .layers import CosineLinear, Layer, Linear
+from .losses import Loss
 
 
-class Head(Layer):
-    """A classifier layer followed by a loss; subclasses set ``self.classifier``."""
+class Head(Loss):
+    """A classifier layer followed by a loss, a Loss with parameters: ``forward(embeddings,
+    labels)``, ``backward(dout=1.0)``; subclasses set ``self.classifier``."""
 
     classifier: Layer
 
@@ -57,15 +54,15 @@ class SoftmaxHead(Head):
         super().__init__()
         self.classifier = Linear(embedding_size, num_classes, dtype=dtype, rng=rng)
 
-    def forward(self, embeddings, labels, check_values=True):
+    def forward(self, embeddings, labels):
         self.embeddings, self.labels = embeddings, labels
         self.scores = self.classifier.forward(embeddings)
-        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels, check_values)
+        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels)
         return loss
 
-    def backward(self):
-        """dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
-        return self.classifier.backward(F.softmax_cross_entropy_backward(1.0, self._last_cache()))
+    def backward(self, dout=1.0):
+        """dout · dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
+        return self.classifier.backward(F.softmax_cross_entropy_backward(dout, self._last_cache()))
 
     def target_cosines(self):
         """cos θ between each feature and its class's weight row (the logits are not cosines)."""
@@ -135,16 +132,16 @@ class MarginHead(Head):
             return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
         return self.classifier.feature_norm if self.s is None else self.s
 
-    def forward(self, embeddings, labels, check_values=True):
+    def forward(self, embeddings, labels):
         self.labels = labels
         self.scores = self.classifier.forward(embeddings)
         loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
-                                                     self.name, check_values)
+                                                     self.name)
         return loss
 
-    def backward(self):
-        """dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
-        dcos, dscale = F.margin_softmax_backward(1.0, self._last_cache())
+    def backward(self, dout=1.0):
+        """dout · dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
+        dcos, dscale = F.margin_softmax_backward(dout, self._last_cache())
         if "scale" in self.params:
             self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
         return self.classifier.backward(dcos, dscale if self.s is None else None)
@@ -164,213 +161,3 @@ class TrainingModel(Layer):
 
     def children(self):
         return [("net", self.net), ("head", self.head)]
-
-
-# ---------------------------------------------------------------------- the registry
-
-def _number(value, option) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{option} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def positive(value, option):
-    value = _number(value, option)
-    if value <= 0:
-        raise ValueError(f"{option} must be > 0, got {value}")
-    return value
-
-
-def non_negative(value, option):
-    value = _number(value, option)
-    if value < 0:
-        raise ValueError(f"{option} must be >= 0, got {value}")
-    return value
-
-
-def angle(value, option):
-    value = _number(value, option)
-    if not 0 <= value < math.pi:
-        raise ValueError(f"{option} must lie in [0, π), got {value}")
-    return value
-
-
-def sphereface_margin(value, option):
-    """A-Softmax's m: an integer from 1 (NormFace scaled by ‖f‖) to 10; the papers use 2 to 4,
-    and ψ has 2m − 1 sectors to tell apart."""
-    value = _number(value, option)
-    if value != int(value) or not 1 <= value <= 10:
-        raise ValueError(f"{option} must be an integer from 1 to 10, got {value}")
-    return int(value)
-
-
-def flag(value, option):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{option} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def optional_non_negative(value, option):
-    return None if value is None else non_negative(value, option)
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    default: object
-    check: Callable   # (value, option description) -> the value, normalised, or ValueError
-    help: str
-    flag: str = ""    # the CLI flag; "" means "--" + name with dashes
-
-    @property
-    def cli_flag(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A member of the registry: its target logit (for the docs), options, and how to build it.
-    ``build(embedding_size, num_classes, options, dtype, rng)`` gets every option resolved;
-    ``rules(options, given)`` refuses combinations and may drop options that do not apply."""
-    name: str
-    target_logit: str
-    options: tuple
-    build: Callable
-    rules: Callable = lambda options, given: options
-
-
-def _scale_option(default):
-    return Option("s", default, positive, "scale of the cosines")
-
-
-def _margin_ramp(o):
-    """m(t) = min(m, γ·t) with margin_ramp γ > 0, else m throughout (γ = 0 or None)."""
-    m, ramp = o["m"], o["margin_ramp"]
-    return (lambda step: min(m, ramp * step)) if ramp else (lambda step: m)
-
-
-def _sphereface_lambda(o):
-    """λ(t) = max(λ_min, base·(1 + γ·(t + 1))^(−power)); the reference's counter is 1 at t = 0."""
-    return lambda step: max(o["lambda_min"],
-                            o["lambda_base"] * (1 + o["lambda_gamma"] * (step + 1)) ** -o["lambda_power"])
-
-
-def _build_normface(e, c, o, dtype, rng):
-    return MarginHead(Margin(F.no_margin, {}), e, c, s=o["s"], learn_scale=o["learn_scale"],
-                      dtype=dtype, rng=rng, name="normface")
-
-
-def _normface_rules(options, given):
-    if options["learn_scale"] and options["s"] < SCALE_FLOOR:
-        raise ValueError(f"s (--s) of loss 'normface' is where a learned scale starts, and it is kept at "
-                         f"{SCALE_FLOOR:g} or above; got {options['s']}")
-    return options
-
-
-def _build_am_softmax(e, c, o, dtype, rng):
-    margin = Margin(F.additive_margin, {"conditional": o["conditional_margin"]}, {"m": _margin_ramp(o)})
-    return MarginHead(margin, e, c, s=o.get("s"), dtype=dtype, rng=rng, name="am-softmax")  # no s: ‖f‖
-
-
-# Without feature normalisation the logits are ‖f‖(cos θ − m·[j = y]); at the start ‖f‖ is
-# small (about 1.5 for the small preset), and a full margin makes shrinking ‖f‖ towards 0
-# the quickest way down the loss, so nothing is learned (measured: accuracy 0.2% after 480
-# steps).  The reference ramps m(t) = min(0.4, 5e-5·t) over 30k iterations; this ramp
-# reaches m = 0.35 after 1,400 steps, about the length of the default glyph run.
-NO_FN_MARGIN_RAMP = 2.5e-4
-
-
-def _am_softmax_rules(options, given):
-    if options["normalize_features"]:
-        return options
-    if "s" in given:
-        raise ValueError("s (--s) does not apply to am-softmax without feature normalisation "
-                         "(--no-feature-normalization): the feature norm ‖f‖ is the scale")
-    if "margin_ramp" not in given:
-        options = {**options, "margin_ramp": NO_FN_MARGIN_RAMP}
-    return {k: v for k, v in options.items() if k != "s"}
-
-
-def _build_sphereface(e, c, o, dtype, rng):
-    margin = Margin(F.sphereface_margin, {"m": o["m"]}, {"lam": _sphereface_lambda(o)})
-    return MarginHead(margin, e, c, s=None, dtype=dtype, rng=rng, name="sphereface")
-
-
-def _build_arcface(e, c, o, dtype, rng):
-    return MarginHead(Margin(F.arcface_margin, {"m": o["m"]}), e, c, s=o["s"], dtype=dtype, rng=rng,
-                      name="arcface")
-
-
-def _build_combined(e, c, o, dtype, rng):
-    margin = Margin(F.combined_margin, {"m1": o["m1"], "m2": o["m2"], "m3": o["m3"]})
-    return MarginHead(margin, e, c, s=o["s"], dtype=dtype, rng=rng, name="combined")
-
-
-LOSSES = {spec.name: spec for spec in (
-    LossSpec("softmax", "w_y·f + b_y (linear layer with bias)", (),
-             lambda e, c, o, dtype, rng: SoftmaxHead(e, c, dtype=dtype, rng=rng)),
-    LossSpec("normface", "s·cos θ_y", (
-        _scale_option(16.0),
-        Option("learn_scale", False, flag, f"learn s (parameter 'scale', starting at s >= {SCALE_FLOOR:g}; forward uses max(scale, {SCALE_FLOOR:g}))"),
-    ), _build_normface, _normface_rules),
-    LossSpec("am-softmax", "s·(cos θ_y − m), or ‖f‖·(cos θ_y − m) without feature normalisation", (
-        Option("m", 0.35, non_negative, "additive margin"),
-        _scale_option(16.0),
-        Option("margin_ramp", None, optional_non_negative,
-               "grow the margin as min(m, RAMP·step); 0: full m from the first step (the default, "
-               f"except without feature normalisation, where it is {NO_FN_MARGIN_RAMP:g})"),
-        Option("conditional_margin", False, flag,
-               "subtract m only where the target cosine exceeds m (the authors' Caffe rule)"),
-        Option("normalize_features", True, flag,
-               "normalise the features; without: the paper's 'w/o FN' model, "
-               "logits ‖f‖·(cos θ − m·[j = y]) and no s",
-               flag="--no-feature-normalization"),
-    ), _build_am_softmax, _am_softmax_rules),
-    LossSpec("sphereface", "‖f‖·(ψ(θ_y) + λ cos θ_y)/(1 + λ), ψ(θ) = (−1)^k cos(mθ) − 2k", (
-        Option("m", 4, sphereface_margin, "angular margin (an integer from 1 to 10)"),
-        Option("lambda_base", 1000.0, non_negative, "λ at the start"),
-        Option("lambda_gamma", 0.12, non_negative, "λ decay rate γ"),
-        Option("lambda_power", 1.0, non_negative, "λ decay power"),
-        Option("lambda_min", 5.0, non_negative, "floor of λ"),
-    ), _build_sphereface),
-    LossSpec("arcface", "s·cos(θ_y + m), s·(cos θ_y − m·sin m) where θ_y + m > π", (
-        Option("m", 0.5, angle, "additive angular margin (radians)"),
-        _scale_option(16.0),
-    ), _build_arcface),
-    LossSpec("combined", "s·(cos(m1·θ_y + m2) − m3)", (
-        Option("m1", 1.0, positive, "multiplicative angular margin", flag="--margins"),
-        Option("m2", 0.3, angle, "additive angular margin (radians)", flag="--margins"),
-        Option("m3", 0.2, non_negative, "additive cosine margin", flag="--margins"),
-        _scale_option(16.0),
-    ), _build_combined),
-)}
-
-
-def resolve_loss_options(loss: str, given: dict) -> dict:
-    """Every option of ``loss``: the given ones checked, the others at their defaults.
-
-    Raises ValueError for an unknown loss, an option the loss does not take, an
-    impossible value or combination, each message naming the option and the loss.
-    Resolving a resolved dict gives it back unchanged.
-    """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-    spec = LOSSES[loss]
-    known = {option.name: option for option in spec.options}
-    foreign = [name for name in given if name not in known]
-    if foreign:
-        takes = ", ".join(f"{o.name} ({o.cli_flag})" for o in spec.options) or "no options"
-        raise ValueError(f"loss {loss!r} does not take {', '.join(repr(n) for n in foreign)}; "
-                         f"it takes {takes}")
-    options = {}
-    for name, option in known.items():
-        options[name] = option.check(given.get(name, option.default),
-                                     f"{name} ({option.cli_flag}) of loss {loss!r}")
-    return spec.rules(options, given)
-
-
-def build_head(loss: str, embedding_size: int, num_classes: int, *, dtype=np.float32, rng=None,
-               **options) -> Head:
-    """The head for a loss of ``LOSSES``, with its options checked (see resolve_loss_options)."""
-    resolved = resolve_loss_options(loss, options)
-    return LOSSES[loss].build(embedding_size, num_classes, resolved, dtype, rng)

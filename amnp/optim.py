@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 
 from .backend import get_array_module
+from .validation import matching_state
 
 
 class SGD:
@@ -49,12 +50,7 @@ class SGD:
         """Replace the momentum buffers; every one is checked (a parameter of this model,
         same shape, same dtype) before any is taken, so a mismatch changes nothing."""
         own = {name: owner.params[key] for name, owner, key in self.model.named_parameters()}
-        for name, v in velocity.items():
-            if name not in own or tuple(v.shape) != tuple(own[name].shape):
-                raise ValueError(f"SGD: optimizer state for {name!r} does not match the model")
-            if v.dtype != own[name].dtype:
-                raise TypeError(f"SGD: optimizer state for {name!r} has dtype {v.dtype}, "
-                                f"the parameter {own[name].dtype}")
+        matching_state(velocity, own, "SGD: the optimizer state does not fit", complete=False)
         self.velocity = {name: v.copy() for name, v in velocity.items()}
 
 
@@ -88,14 +84,10 @@ PAPER_ITERATIONS = 30_000
 PAPER_MILESTONES = (16_000, 24_000, 28_000)
 
 
-def paper_schedule(base_lr=0.1) -> MultiStepLR:
-    """The AM-Softmax paper's schedule: lr 0.1, ÷10 at 16k, 24k and 28k of 30k iterations."""
-    return MultiStepLR(base_lr, PAPER_MILESTONES)
-
-
 def scaled_paper_schedule(total_steps, base_lr=0.1, warmup_steps=0) -> object:
-    """The paper's schedule stretched to ``total_steps``: milestones at the same fractions
-    (16/30, 24/30, 28/30), optionally after a linear warm-up."""
+    """The AM-Softmax paper's schedule (lr 0.1, ÷10 at 16k, 24k and 28k of 30k iterations)
+    stretched to ``total_steps``: milestones at the same fractions (16/30, 24/30, 28/30),
+    optionally after a linear warm-up.  ``total_steps=PAPER_ITERATIONS`` is the paper's own."""
     milestones = [round(total_steps * m / PAPER_ITERATIONS) for m in PAPER_MILESTONES]
     schedule = MultiStepLR(base_lr, milestones)
     return WarmupLR(schedule, warmup_steps) if warmup_steps else schedule

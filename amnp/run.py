@@ -10,7 +10,6 @@ before it did so fall back on the fixed inputs of the glyph and MNIST datasets.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import NamedTuple
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from . import checkpoint, models
 from .layers import Sequential
-from .training import TrainConfig, parse_dataset_spec
+from .validation import NonFiniteError, finite
+from .config import TrainConfig, read_config
 
 # The input and mirroring of the datasets whose images have one fixed size.
 FIXED_INPUTS = {"glyphs": ((1, 32, 32), False), "mnist": ((1, 28, 28), False)}
@@ -42,25 +42,12 @@ class Run(NamedTuple):
     mirror: bool
 
 
-def read_config(run_dir) -> TrainConfig:
-    """The TrainConfig of a run directory, checked; ValueError when there is none."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        with open(path) as file:
-            config = TrainConfig.from_dict(json.load(file))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path} is not a valid run configuration ({exc})") from None
-    config.validate()
-    return config
-
-
 def load_run(run_dir) -> Run:
     """The trained network of ``run_dir`` (on the current backend), for inference.
 
-    Raises ValueError (no run there, invalid config) or CheckpointError
-    (missing, corrupt, or not this network's checkpoint).
+    Raises ValueError (no run there, invalid config) or CheckpointError (missing, corrupt,
+    not this network's checkpoint, or a NaN or Inf parameter: a damaged file, whose
+    features would be meaningless).
     """
     config = read_config(run_dir)
     path = os.path.join(run_dir, "checkpoint.npz")
@@ -69,7 +56,7 @@ def load_run(run_dir) -> Run:
             f"{run_dir} has no checkpoint yet: its training stopped before the first one was "
             f"written; `amnp train --resume {run_dir}` trains it")
     _, _, meta = checkpoint.read(path)
-    kind, _ = parse_dataset_spec(config.dataset)
+    kind = config.dataset_spec.kind
     if "image_shape" in meta:
         image_shape, mirror = tuple(meta["image_shape"]), meta["mirror"]
     elif kind in FIXED_INPUTS:
@@ -80,4 +67,10 @@ def load_run(run_dir) -> Run:
             f"by an older amnp); `amnp train --resume {run_dir} --no-eval` rewrites it with that record")
     net = models.build(config.model, image_shape, rng=np.random.default_rng(config.seed))
     meta = checkpoint.load_network(path, net)
+    for name, owner, key in net.named_parameters():
+        try:
+            finite(owner.params[key], path, f"parameter net.{name}")
+        except NonFiniteError as exc:
+            raise checkpoint.CheckpointError(f"{exc}; the network cannot be used (the file is damaged: "
+                                             "restore it from a copy or retrain the run)") from None
     return Run(net, config, meta["step"], image_shape, mirror)

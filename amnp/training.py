@@ -1,4 +1,4 @@
-"""The training loop, its run directory, and evaluation of a trained network.
+"""The training loop and its run directory.
 
 A run directory holds:
     config.json      the TrainConfig, as given
@@ -19,121 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, figures, models, rundir
-from .backend import BACKENDS, asarray, get_array_module, get_backend, set_backend, to_numpy
-from .data import DiskImages, make_gallery_probes, make_open_set_protocol
+from . import checkpoint, models, rundir
+from .backend import asarray, get_array_module, get_backend, to_numpy
+from .config import TrainConfig, steps_per_epoch
 from .data.prefetch import Prefetcher
-from .evaluation import evaluate_verification, roc_curve
-from .heads import TrainingModel, build_head, resolve_loss_options
+from .heads import TrainingModel
+from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics, write_metrics
-from .validation import NonFiniteError, class_labels, finite
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run.  Defaults: the small preset on the glyph dataset.
-
-    ``loss_options`` are the options of the loss (amnp.heads.LOSSES); ``validate``
-    fills in the defaults of those not given, so config.json records every value.
-    """
-    dataset: str = "glyphs"
-    image_size: list[int] | None = None  # (H, W) to resize a folder dataset's images to
-    grayscale: bool = False              # read a folder dataset as 1 channel
-    model: str = "small"
-    loss: str = "am-softmax"
-    loss_options: dict = dataclasses.field(default_factory=dict)
-    iters: int | None = None
-    epochs: float | None = 10.0
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: int = 100
-    backend: str | None = None  # None: the current backend (AMNP_BACKEND, else numpy)
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 500
-
-    def validate(self) -> None:
-        """Refuse impossible settings before any data is loaded or any file written."""
-        kind, _ = parse_dataset_spec(self.dataset)
-        if self.image_size is not None and not (
-                len(self.image_size) == 2 and all(int(d) == d and d >= 1 for d in self.image_size)):
-            raise ValueError(f"image-size must be two positive integers H,W, got {self.image_size}")
-        if kind != "folder" and (self.image_size is not None or self.grayscale):
-            raise ValueError(f"image-size and grayscale apply to folder datasets only; "
-                             f"{self.dataset} images have a fixed size and channels")
-        if self.model not in models.PRESETS:
-            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(models.PRESETS)}")
-        self.loss_options = resolve_loss_options(self.loss, self.loss_options)
-        for name in ("batch_size", "log_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.iters is not None and self.iters < 1:
-            raise ValueError(f"iters must be a positive integer, got {self.iters}")
-        if self.iters is None and not (self.epochs is not None and 0 < self.epochs < math.inf):
-            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"the learning rate must be a finite number > 0, got {self.lr}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from config.json, including those written before losses had their own
-        options (m, s, margin_ramp and conditional_margin at the top level)."""
-        values = dict(values)
-        legacy = {key: values.pop(key) for key in LEGACY_LOSS_KEYS if key in values}
-        if legacy and values.get("loss", cls.loss) == "am-softmax":
-            values["loss_options"] = {**legacy, **values.get("loss_options", {})}
-        return cls(**values)
-
-    def total_steps(self, num_train_images: int) -> int:
-        if self.iters is not None:
-            return int(self.iters)
-        return max(1, math.ceil(self.epochs * steps_per_epoch(num_train_images, self.batch_size)))
-
-
-LEGACY_LOSS_KEYS = ("m", "s", "margin_ramp", "conditional_margin")
-DATASET_KINDS = ("glyphs", "folder:PATH", "mnist:PATH")
-
-
-def parse_dataset_spec(spec: str) -> tuple[str, str]:
-    """"glyphs" -> ("glyphs", ""), "folder:PATH" -> ("folder", PATH), "mnist:PATH" -> ("mnist", PATH)."""
-    kind, _, path = spec.partition(":")
-    if (kind == "glyphs" and not path) or (kind in ("folder", "mnist") and path):
-        return kind, path
-    raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASET_KINDS)}")
-
-
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Full batches per pass over the data (the last partial batch is dropped)."""
-    return max(1, num_images // batch_size)
-
-
-def preprocess(images_uint8, mirror_mask=None):
-    """uint8 (N, C, H, W) -> float32 (x − 127.5) / 128, as the paper; rows of mirror_mask
-    (bool (N,)) are flipped left-right.  Works on either backend."""
-    xp = get_array_module(images_uint8)
-    x = (images_uint8.astype(xp.float32) - 127.5) / 128.0
-    if mirror_mask is not None:
-        x = xp.where(mirror_mask[:, None, None, None], x[..., ::-1], x)
-    return x
+from .validation import NonFiniteError, class_labels, finite, value_checks
 
 
 class TrainingDiverged(RuntimeError):
@@ -191,13 +95,14 @@ class Trainer:
         if config.backend is None:  # a bad AMNP_BACKEND raises here, never falls back to numpy
             config = dataclasses.replace(config, backend=get_backend())
         config.validate()
-        set_backend(config.backend)
+        if config.backend != get_backend():
+            raise ValueError(f"the run trains on {config.backend} but the current backend is {get_backend()}: "
+                             f"choose it first (amnp.set_backend({config.backend!r}) or amnp.use_backend)")
         self.config, self.dataset, self.out_dir = config, dataset, out_dir
         self.progress = sys.stderr.isatty() if progress is None else progress
         rng = np.random.default_rng(config.seed)
         net = models.build(config.model, dataset.image_shape, rng=rng)
-        head = build_head(config.loss, models.embedding_size(net), dataset.num_classes, rng=rng,
-                          **config.loss_options)
+        head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng)
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
@@ -210,11 +115,9 @@ class Trainer:
         self.step = 0
         # Checked once here, so that no step has to read labels back from the device.
         class_labels(dataset.train_labels, self.num_train, dataset.num_classes, "the training set")
-        # An in-memory training set moves to the device once, as uint8, and each step only
-        # indexes it; one kept on disk (a decoded folder) is read a batch at a time, ahead of
-        # the step that needs it (self._prefetcher, while train runs), and each batch moves.
-        self.streams = isinstance(dataset.train_images, DiskImages)
-        self.train_images = dataset.train_images if self.streams else asarray(dataset.train_images)
+        # The batches come from the dataset's reader; one that reads from disk (a decoded
+        # folder) is read ahead of the step that needs it (self._prefetcher, while train runs).
+        self.images = dataset.batch_reader()
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
         self._prefetcher = None
         self.stopped_by = None  # the stop signal that interrupted train, if one did
@@ -229,20 +132,16 @@ class Trainer:
     def batch(self, step: int):
         xp = get_array_module(self.train_labels)
         index = xp.asarray(self.batch_indices(step))
-        if self.streams:
-            images = xp.asarray(self._prefetcher.get(step) if self._prefetcher
-                                else self.read_batch(step))
-        else:
-            images = self.train_images[index]
+        images = xp.asarray(self._prefetcher.get(step) if self._prefetcher else self.read_batch(step))
         mirror = None
         if self.dataset.mirror:
             flips = np.random.default_rng([self.config.seed, 2, step]).random(len(index)) < 0.5
             mirror = xp.asarray(flips)
         return preprocess(images, mirror), self.train_labels[index]
 
-    def read_batch(self, step: int) -> np.ndarray:
-        """The uint8 images of step ``step``, read from disk (a training set kept there)."""
-        return self.train_images[self.batch_indices(step)]
+    def read_batch(self, step: int):
+        """The uint8 images of step ``step``, from the dataset's batch reader."""
+        return self.images.read(self.batch_indices(step))
 
     # ------------------------------------------------------------------ files
     def path(self, name: str) -> str:
@@ -291,18 +190,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step: int):
-        """One SGD step; returns device scalars (loss, margin-free accuracy, mean target cosine).
+        """One SGD step (``sgd_step``); returns device scalars (loss, margin-free accuracy,
+        mean target cosine).
 
         Nothing in a step reads a value back from the device, which on a GPU would stall it
         until it caught up: the labels were checked once in __init__, so the loss skips its
         value checks, and finiteness is checked once per window of steps (``_read_window``).
         """
-        net, head = self.model.net, self.model.head
         x, y = self.batch(step)
-        head.set_step(step)
-        loss = head.forward(net.forward(x), y, check_values=False)
-        net.backward(head.backward())
-        self.optimizer.step(self.schedule(step))
+        with value_checks(False):
+            loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step)
+        head = self.model.head
         correct = (head.scores.argmax(axis=1) == y).mean()
         return loss, correct, head.target_cosines().mean()
 
@@ -322,7 +220,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = []
         window_start = time.perf_counter()
-        if self.streams:
+        if self.images.read_ahead:
             self._prefetcher = Prefetcher(self.read_batch, end)
         try:
             while self.step < end and self.stopped_by is None:
@@ -400,58 +298,19 @@ class Trainer:
         return record
 
 
+def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int):
+    """One step of SGD on the batch (x, labels): the head's schedules set to ``step``, the
+    network and head forward (the loss), backward through both, one update at ``lr``.
+    Returns the loss, a 0-d array on the device."""
+    net, head = model.net, model.head
+    head.set_step(step)
+    loss = head.forward(net.forward(x), labels)
+    net.backward(head.backward())
+    optimizer.step(lr)
+    return loss
+
+
 def format_record(record: dict, epoch: float) -> str:
     return (f"epoch {epoch:5.2f}  step {record['step']:6d}  loss {record['loss']:.4f}  "
             f"acc {record['accuracy']:.3f}  target cos {record['mean_target_cosine']:.3f}  "
             f"lr {record['lr']:.3g}  {record['images_per_s']:.0f} img/s")
-
-
-# ---------------------------------------------------------------------- evaluation
-
-EMBED_BATCH = 256
-
-
-def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """Embeddings (N, D) on the host for uint8 images; with ``mirror`` the embedding of each
-    image is summed with that of its mirror image (the AM-Softmax deploy net)."""
-    chunks = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = preprocess(asarray(images_uint8[start:start + batch_size]))
-        e = net.forward(x)
-        if mirror:
-            e = e + net.forward(x[..., ::-1])
-        chunks.append(to_numpy(e))
-    return np.concatenate(chunks).astype(np.float64)
-
-
-def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mirror: bool, seed: int,
-                     gallery=None, probes=None):
-    """Every protocol of amnp.evaluation on held-out images: verification on the given
-    pairs and folds, closed-set identification on ``gallery``/``probes`` (drawn from the
-    labels with the seed when not given) and open-set DIR@FAR on a protocol drawn from the
-    labels with the seed.  Returns (metrics dict, pair scores)."""
-    embeddings = embed(net, images_uint8, mirror)
-    if gallery is None:
-        gallery, probes = make_gallery_probes(labels, np.random.default_rng([seed, 3]))
-    gallery_open, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng([seed, 4]))
-    metrics, scores = evaluate_verification(
-        embeddings, labels, pairs, pair_same, pair_fold, gallery, probes,
-        open_set=(gallery_open, np.concatenate([genuine, impostors])))
-    metrics["mirror_fused"] = bool(mirror)
-    return metrics, scores
-
-
-def evaluate(net, dataset, out_dir: str, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """Held-out verification (10-fold), TAR@FAR, EER, closed-set identification and open-set
-    DIR@FAR; writes eval.json and the ROC and pair-score figures.  Returns the metrics and
-    the cosine score of each pair."""
-    metrics, scores = held_out_metrics(
-        net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
-        dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
-    rundir.write_json(os.path.join(out_dir, "eval.json"), metrics)
-    far, tar, _ = roc_curve(scores, dataset.pair_same)
-    figure_dir = os.path.join(out_dir, "figures")
-    figures.plot_roc(far, tar, os.path.join(figure_dir, "roc.png"), tar_at_far=metrics["tar_at_far"])
-    figures.plot_pair_histograms(scores, dataset.pair_same, os.path.join(figure_dir, "pair_cosines.png"),
-                                 threshold=float(np.mean(metrics["fold_thresholds"])))
-    return metrics, scores

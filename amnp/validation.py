@@ -3,13 +3,43 @@
 Every check raises ValueError or TypeError with a message that starts with the
 name of the op, layer or loss (``where``), says what was expected and what came,
 so a wrong input never travels deep into a kernel to fail there obscurely, or
-worse, to produce a wrong answer silently.
+worse, to produce a wrong answer silently.  The policy: a wrong type or dtype is a
+TypeError, a wrong shape or value a ValueError.
+
+Shapes, dtypes and backends are always checked.  The checks of *values* (labels in
+range, finite scores) read values back from the device, which on a GPU stalls it
+until it catches up; a training loop that checked its labels once turns them off
+for its steps with ``value_checks(False)``, and watches the loss instead.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
+
+import numpy as np
 
 from .backend import get_array_module, to_numpy
+
+
+_switch = threading.local()
+
+
+def values_checked() -> bool:
+    """Whether the value checks run in this thread (see ``value_checks``); on by default."""
+    return getattr(_switch, "on", True)
+
+
+@contextlib.contextmanager
+def value_checks(on: bool):
+    """Within the block, in this thread, run the checks that read values back from the
+    device (``on``) or skip them (the kernels then trust their inputs' values)."""
+    previous = values_checked()
+    _switch.on = bool(on)
+    try:
+        yield
+    finally:
+        _switch.on = previous
 
 
 def pair(value, name: str, where: str) -> tuple[int, int]:
@@ -62,13 +92,13 @@ def finite(x, where: str, name: str) -> None:
         raise NonFiniteError(f"{where}: {name} contains NaN or Inf")
 
 
-def class_labels(labels, num_samples: int, num_classes: int, where: str, check_range: bool = True) -> None:
+def class_labels(labels, num_samples: int, num_classes: int, where: str) -> None:
     """Labels must be integers in [0, num_classes), one per sample.
 
     Checked before any indexing: NumPy and CuPy wrap negative indices silently
     and CuPy wraps out-of-range ones too, which would train on the wrong class.
-    The range check reads the labels back from the device; ``check_range=False``
-    is for labels that were checked when they entered (a training set).
+    The range check reads the labels back from the device: it is a value check,
+    skipped within ``value_checks(False)`` (labels checked when they entered).
     """
     if not hasattr(labels, "dtype") or not hasattr(labels, "ndim"):
         raise TypeError(f"{where}: labels must be an integer array, got {type(labels).__name__}")
@@ -79,7 +109,7 @@ def class_labels(labels, num_samples: int, num_classes: int, where: str, check_r
             f"{where}: expected one label per sample, shape ({num_samples},), "
             f"got shape {tuple(labels.shape)}"
         )
-    if num_samples == 0 or not check_range:
+    if num_samples == 0 or not values_checked():
         return
     low, high = int(to_numpy(labels.min())), int(to_numpy(labels.max()))
     if low < 0 or high >= num_classes:
@@ -87,6 +117,46 @@ def class_labels(labels, num_samples: int, num_classes: int, where: str, check_r
             f"{where}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
             f"got values from {low} to {high}"
         )
+
+
+def matching_state(given: dict, own: dict, where: str = "", complete: bool = True) -> None:
+    """Check that the arrays ``given`` ({name: array}) can replace ``own`` ({name: array}):
+    no name ``own`` lacks, every name of ``own`` when ``complete``, the same shapes and the
+    same dtypes.  Raises ValueError naming every mismatch (TypeError when only dtypes
+    differ), the message starting with ``where``; the one check of state dicts, optimizer
+    state and checkpoints."""
+    problems, dtypes = [], []
+    missing = sorted(set(own) - set(given)) if complete else []
+    unexpected = sorted(set(given) - set(own))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in sorted(set(given) & set(own)):
+        if tuple(given[name].shape) != tuple(own[name].shape):
+            problems.append(f"{name} has shape {tuple(given[name].shape)}, "
+                            f"the model needs {tuple(own[name].shape)}")
+        elif np.dtype(given[name].dtype) != np.dtype(own[name].dtype):
+            dtypes.append(f"{name} has dtype {given[name].dtype}, the model needs {own[name].dtype}")
+    if problems or dtypes:
+        message = "; ".join(problems + dtypes)
+        raise (ValueError if problems else TypeError)(f"{where}: {message}" if where else message)
+
+
+def row_indices(values, size: int, name: str, what: str):
+    """``values`` as an int64 NumPy array of indices into the ``size`` rows of ``what``:
+    TypeError when they are not integers, ValueError when one lies outside [0, size).
+    Negative indices are refused on purpose: NumPy would wrap them around to the end of
+    the array and pick the wrong row."""
+    indices = np.asarray(values)
+    if indices.size == 0:  # an empty list has dtype float64 and is still a valid empty index
+        return indices.astype(np.int64)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {indices.dtype}")
+    if indices.min() < 0 or indices.max() >= size:
+        raise ValueError(f"{name} must index {what} (0..{size - 1}): out of range, "
+                         f"found values from {indices.min()} to {indices.max()}")
+    return indices.astype(np.int64, copy=False)
 
 
 def window(kernel_size, stride, padding, where: str):

@@ -77,7 +77,7 @@ def peak_rss_mib():
 def amnp_model(model, classes):
     """(network, AM-Softmax head) on the current backend, the same weights every call."""
     from amnp import models
-    from amnp.heads import build_head
+    from amnp.config import build_head
 
     net = models.build(model, rng=0)
     return net, build_head("am-softmax", models.embedding_size(net), classes, m=MARGIN, s=SCALE, rng=1)
@@ -102,12 +102,15 @@ def amnp_batch(model, batch_size, classes):
 
 def amnp_training(model, batch_size, classes):
     """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
+    from amnp.validation import value_checks
+
     net, head = amnp_model(model, classes)
     optimizer = amnp_optimizer(net, head)
     x, y = amnp_batch(model, batch_size, classes)
 
     def step():
-        head.forward(net.forward(x), y, check_values=False)  # as the trainer: no host reads
+        with value_checks(False):  # as the trainer: no host reads
+            head.forward(net.forward(x), y)
         net.backward(head.backward())
         optimizer.step(LEARNING_RATE)
 
@@ -265,6 +268,7 @@ def amnp_breakdown(model, batch_size, classes, repeats):
     and backward, each residual sum (the residual block's time less its layers'), the head,
     and the SGD update (its time in the forward column)."""
     from amnp import layers as L
+    from amnp.validation import value_checks
 
     net, head = amnp_model(model, classes)
     optimizer = amnp_optimizer(net, head)
@@ -290,8 +294,11 @@ def amnp_breakdown(model, batch_size, classes, repeats):
         layer.forward = timed(layer.forward, forward_times, residual)
         layer.backward = timed(layer.backward, backward_times, residual)
     head_times, update_times = ([], []), []
-    head_forward = timed(lambda embeddings: head.forward(embeddings, y, check_values=False),
-                         head_times[0], False)
+    def head_forward_unchecked(embeddings):
+        with value_checks(False):  # as the trainer: no host reads
+            return head.forward(embeddings, y)
+
+    head_forward = timed(head_forward_unchecked, head_times[0], False)
     head_backward = timed(head.backward, head_times[1], False)
     update = timed(lambda: optimizer.step(LEARNING_RATE), update_times, False)
     steps = []

@@ -23,8 +23,10 @@ sys.path.insert(0, REPOSITORY)
 
 import amnp  # noqa: E402
 from amnp import models  # noqa: E402
-from amnp.heads import TrainingModel, build_head  # noqa: E402
+from amnp.config import build_head  # noqa: E402
+from amnp.heads import TrainingModel  # noqa: E402
 from amnp.optim import SGD  # noqa: E402
+from amnp.validation import value_checks  # noqa: E402
 
 
 def synchronize():
@@ -68,7 +70,8 @@ def training_step(net, head, optimizer, x, y, lr=0.01):
     """One step as the trainer takes it.  The labels were drawn in range, so the loss skips
     its value checks: they read values back three times a step, and on a GPU every read
     waits for the device, so the timing would compare synchronisations, not steps."""
-    head.forward(net.forward(x), y, check_values=False)
+    with value_checks(False):
+        head.forward(net.forward(x), y)
     net.backward(head.backward())
     optimizer.step(lr)
 

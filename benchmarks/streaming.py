@@ -64,7 +64,8 @@ def child(stage: str, folder: str, steps: int, batch_size: int, out: str) -> dic
                 "bytes": int(dataset.train_images.nbytes + dataset.test_images.nbytes)}
 
     from amnp.data import prefetch
-    from amnp.training import TrainConfig, Trainer
+    from amnp.config import TrainConfig
+    from amnp.training import Trainer
 
     waited = []
     get = prefetch.Prefetcher.get

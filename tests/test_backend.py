@@ -52,8 +52,8 @@ def test_the_gpu_extras_install_cupy_for_cuda_12_and_13():
     assert extras["gpu"] == ["cupy-cuda12x"] and extras["gpu-cuda13"] == ["cupy-cuda13x"]
 
 
-ALL_MODULES = ("amnp", "amnp.cli", "amnp.training", "amnp.evaluation", "amnp.figures", "amnp.data",
-               "amnp.checkpoint", "amnp.gradcheck")
+ALL_MODULES = ("amnp", "amnp.cli", "amnp.config", "amnp.inference", "amnp.training", "amnp.evaluation",
+               "amnp.figures", "amnp.data", "amnp.checkpoint", "amnp.gradcheck")
 
 
 def test_a_bad_environment_variable_never_breaks_import():
@@ -133,7 +133,8 @@ def test_cli_reports_a_bad_variable_in_one_line(unread_backend, without_cupy, tm
 
 
 def test_trainer_without_a_backend_follows_the_variable(unread_backend, tmp_path):
-    from amnp.training import TrainConfig, Trainer
+    from amnp.config import TrainConfig
+    from amnp.training import Trainer
 
     from .test_training import tiny_dataset
 

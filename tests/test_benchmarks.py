@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from amnp import models
-from amnp.heads import TrainingModel, build_head
+from amnp.config import build_head
+from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 from .host_guard import guard, guard_parameters, transfers

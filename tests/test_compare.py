@@ -7,7 +7,8 @@ import pytest
 
 from amnp import checkpoint, cli, compare
 from amnp.compare import Entry, entry_title, parse_entry
-from amnp.training import TrainConfig, Trainer
+from amnp.config import TrainConfig
+from amnp.training import Trainer
 
 from .test_training import tiny_dataset
 
@@ -16,7 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *rest: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
     monkeypatch.setattr(compare, "SPHERE_STEPS", 5)
 
 

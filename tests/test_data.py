@@ -79,12 +79,10 @@ def test_container_properties_and_repr():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(train_images=np.zeros((6, 1, 4, 4), np.float32)), "uint8"),
     (dict(train_images=np.zeros((6, 4, 4), np.uint8)), r"\(N, C, H, W\)"),
     (dict(test_images=np.zeros((5, 1, 5, 5), np.uint8)), "same"),
     (dict(train_labels=np.array([0, 1, 2, 0, 1, 3])), "train_labels"),
     (dict(train_labels=np.array([0, 1, 2])), "6 train_images but 3 train_labels"),
-    (dict(train_labels=np.zeros(6)), "integers"),
     (dict(pairs=np.array([[0, 1], [1, 2], [2, 3], [3, 5]])), "pairs must index"),
     (dict(pair_same=np.array([True, True, True, False])), "disagrees"),
     (dict(pair_fold=np.array([0, 0, 1])), "pair_fold"),
@@ -93,6 +91,17 @@ def test_container_properties_and_repr():
 ])
 def test_container_rejects_inconsistent_fields(changes, message):
     with pytest.raises(ValueError, match=message):
+        small_dataset(**changes)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(train_images=np.zeros((6, 1, 4, 4), np.float32)), "uint8"),
+    (dict(train_labels=np.zeros(6)), "integers"),
+    (dict(pair_same=np.zeros(4, np.int64)), "bool array"),
+    (dict(gallery=np.array([0.0, 1.0])), "integer"),
+])
+def test_container_refuses_a_wrong_dtype_with_a_type_error(changes, message):
+    with pytest.raises(TypeError, match=message):
         small_dataset(**changes)
 
 

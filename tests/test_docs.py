@@ -31,8 +31,9 @@ def test_docs_build_strict(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     assert result.returncode == 0, result.stdout + result.stderr
-    reference = (tmp_path / "site" / "api" / "heads" / "index.html").read_text(encoding="utf-8")
-    assert "build_head" in reference and "MarginHead" in reference
+    reference = (tmp_path / "site" / "api" / "config" / "index.html").read_text(encoding="utf-8")
+    assert "build_head" in reference and "TrainConfig" in reference
+    assert "MarginHead" in (tmp_path / "site" / "api" / "heads" / "index.html").read_text(encoding="utf-8")
 
 
 def test_readme_has_an_example():
@@ -93,3 +94,33 @@ def test_every_module_is_documented():
     library_rows = set(re.findall(r"^\| \[`amnp\.(\w+)`\]\(api/\1\.md\) \|",
                                   (DOCS / "library.md").read_text(encoding="utf-8"), flags=re.M))
     assert library_rows == modules
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The amnp modules (top-level names: "config", "data", ...) that the file ``path`` of amnp
+    imports, from its relative imports."""
+    import ast
+
+    package = path.relative_to(ROOT).parent.parts  # ("amnp",) or ("amnp", "data")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            target = base + tuple(node.module.split(".")) if node.module else None
+            if target is None:  # from . import a, b
+                found.update(base[1] if len(base) > 1 else alias.name for alias in node.names)
+            elif len(target) > 1:
+                found.add(target[1])
+    return found
+
+
+def test_every_module_imports_only_modules_above_it_in_the_readme_table():
+    """The layering the README's developer notes describe: no upward arrow, so no cycle."""
+    order = re.findall(r"^\| `amnp\.(\w+)` \|", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.M)
+    upward = []
+    for position, name in enumerate(order):
+        package = ROOT / "amnp" / name
+        for path in sorted(package.glob("*.py")) if package.is_dir() else [package.with_suffix(".py")]:
+            below = sorted(module for module in imported_modules(path) - {name} if module not in order[:position])
+            upward += [f"{path.relative_to(ROOT)} imports amnp.{module}" for module in below]
+    assert not upward, upward

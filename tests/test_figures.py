@@ -110,15 +110,6 @@ def test_plot_sample_grid_bad_shape(tmp_path):
         figures.plot_sample_grid(np.zeros((2, 2, 4, 4)), [0, 1], tmp_path / "x.png")
 
 
-def test_plot_features_on_circle(tmp_path):
-    rng = np.random.default_rng(5)
-    labels = np.repeat(np.arange(4), 20)
-    angles = labels * np.pi / 2 + rng.normal(0, 0.2, labels.size)
-    features = np.stack((np.cos(angles), np.sin(angles)), axis=1) * rng.uniform(1, 5, (labels.size, 1))
-    out = tmp_path / "circle.png"
-    assert_png(figures.plot_features_on_circle(features, labels, out), out)
-
-
 def test_target_logit_figure(tmp_path):
     theta = np.radians([0.0, 60.0, 120.0, 179.0])
     curves = figures.target_logit_curves(theta)
@@ -132,7 +123,7 @@ def test_target_logit_figure(tmp_path):
 
 def test_cli_lists_the_margin_family_and_draws_it(tmp_path, capsys):
     from amnp import cli
-    from amnp.heads import LOSSES
+    from amnp.config import LOSSES
 
     assert cli.main(["margins", "--out", str(tmp_path / "t.png")]) == 0
     printed = capsys.readouterr().out

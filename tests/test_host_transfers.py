@@ -7,6 +7,8 @@ SGD update run on it here; a stray ``float(x)`` or ``if (x > 0).any():`` would r
 The trainer is checked the same way: its steps, for every head, download nothing, and
 its loop reads values back once per log window and at checkpoints only.
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -93,9 +95,32 @@ def test_a_layer_that_reads_a_value_back_is_caught():
         L.Sequential(Careless()).forward(guard(np.ones((2, 2), np.float32)))
 
 
+def test_value_checks_are_the_only_downloads_of_a_loss_and_one_switch_turns_them_off():
+    from amnp import functional as F
+    from amnp.validation import value_checks, values_checked
+
+    cos = guard(np.random.default_rng(2).uniform(-1, 1, (4, 3)).astype(np.float32))
+    labels = guard(np.array([0, 2, 1, 0]))
+    with transfers() as count:
+        F.am_softmax_forward(cos, labels, m=0.35, s=10.0)
+    assert count.downloads == 3  # the scores finite, the smallest and the largest label
+    with transfers() as count, value_checks(False):
+        loss, cache = F.am_softmax_forward(cos, labels, m=0.35, s=10.0)
+        F.am_softmax_backward(1.0, cache)
+    assert count.downloads == 0 and isinstance(loss, GuardedArray)
+    assert values_checked()  # the block restores the switch
+    with value_checks(False):
+        seen_elsewhere = []
+        worker = threading.Thread(target=lambda: seen_elsewhere.append(values_checked()))
+        worker.start()
+        worker.join()
+    assert seen_elsewhere == [True]  # one thread's switch is its own
+
+
 # ----------------------------------------------------------------------------- the trainer
 
-from amnp.training import TrainConfig, Trainer  # noqa: E402
+from amnp.config import TrainConfig  # noqa: E402
+from amnp.training import Trainer  # noqa: E402
 
 from .test_training import tiny_dataset  # noqa: E402
 
@@ -109,7 +134,7 @@ def guarded_trainer(tmp_path, loss, options, **settings):
                          **settings)
     trainer = Trainer(config, tiny_dataset(mirror=True), str(tmp_path), progress=False)
     guard_parameters(trainer.model)
-    trainer.train_images, trainer.train_labels = guard(trainer.train_images), guard(trainer.train_labels)
+    trainer.images.images, trainer.train_labels = guard(trainer.images.images), guard(trainer.train_labels)
     return trainer
 
 

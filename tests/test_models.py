@@ -4,7 +4,8 @@ import pytest
 
 from amnp import layers as L
 from amnp import models
-from amnp.heads import TrainingModel, build_head
+from amnp.config import build_head
+from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 

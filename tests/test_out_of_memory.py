@@ -68,7 +68,7 @@ CUBLAS = cupy_exception("CUBLASError", "cupy_backends.cuda.libs.cublas", Runtime
 @pytest.fixture
 def failing_training(monkeypatch):
     """`amnp train` and `amnp compare` on the tiny dataset, with training raising ``error``."""
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
 
     def fail_with(error):
         def train(self, stop_at=None):
@@ -118,10 +118,10 @@ def test_device_memory_in_inference(tmp_path, capsys, failing_training, monkeypa
     run, images = tmp_path / "run", write_tree(tmp_path / "images", ["a", "b"], 2)
     assert cli.main(["train", "--iters", "2", "--batch-size", "8", "--no-eval", "--out", str(run)]) == 0
 
-    def embed(*args, **kwargs):
+    def features(*args, **kwargs):
         raise DEVICE_POOL
 
-    monkeypatch.setattr(cli, "embed", embed)
+    monkeypatch.setattr(cli, "features", features)
     assert cli.main(["embed", str(run), "--images", str(images), "--grayscale"]) == 1
     assert capsys.readouterr().err == (f"amnp: error: out of device memory embedding images with small in "
                                        f"batches of 256 ({DEVICE_POOL}); free memory, or use --backend numpy\n")

@@ -185,7 +185,7 @@ def test_a_run_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_res
 def test_without_fcntl_the_directory_is_used_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):
     from amnp import rundir
 
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
     monkeypatch.setattr(rundir, "fcntl", None)  # as on Windows
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--no-eval", "--out", str(run)]) == 0
@@ -199,7 +199,7 @@ def test_without_fcntl_the_directory_is_used_unlocked_with_a_warning(tmp_path, m
 @pytest.fixture
 def stopped_run(tmp_path, monkeypatch):
     """A tiny run stopped at step 2 of 4 (one record in metrics.jsonl)."""
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--stop-at", "2", "--out", str(run)]) == 0
     return run
@@ -322,13 +322,13 @@ def test_eval_goes_on_where_only_the_training_identities_changed(faces, tmp_path
 
 
 def test_in_memory_datasets_are_bound_by_labels_and_pixels(stopped_run, monkeypatch, capsys):
-    def relabelled(spec, seed, *image):
-        dataset = tiny_dataset(seed=seed)
+    def relabelled(config):
+        dataset = tiny_dataset(seed=config.seed)
         dataset.train_labels[[0, -1]] = dataset.train_labels[[-1, 0]]
         return dataset
 
-    def repainted(spec, seed, *image):
-        dataset = tiny_dataset(seed=seed)
+    def repainted(config):
+        dataset = tiny_dataset(seed=config.seed)
         dataset.train_images[0, 0, 0, 0] ^= 1
         return dataset
 

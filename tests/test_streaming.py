@@ -19,7 +19,8 @@ from amnp.data import folder as folder_module
 from amnp.data import on_disk as on_disk_module
 from amnp.data.on_disk import DiskImageWriter
 from amnp.data.prefetch import Prefetcher
-from amnp.training import TrainConfig, Trainer
+from amnp.config import TrainConfig
+from amnp.training import Trainer
 
 from .host_guard import guard, guard_parameters, transfers
 from .test_data import face_tree, write_image  # noqa: F401 - face_tree is a fixture
@@ -281,7 +282,7 @@ def trained_parameters(dataset, out, **settings):
     resumed = Trainer(config, dataset, str(out), progress=False)
     resumed.resume()
     assert resumed.train() == "finished"
-    return trainer.streams, resumed.model.net.state_dict()
+    return trainer.images.read_ahead, resumed.model.net.state_dict()
 
 
 def test_training_from_disk_is_bit_identical_to_training_from_memory(tmp_path):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from amnp import checkpoint, cli
+from amnp.backend import get_backend
 from amnp.data import VerificationDataset
-from amnp.training import TrainConfig, Trainer, TrainingDiverged
+from amnp.config import TrainConfig
+from amnp.training import Trainer, TrainingDiverged
 
 
 def tiny_dataset(num_classes=6, per_class=8, test_ids=6, per_test=4, size=16, mirror=False, seed=0):
@@ -40,6 +42,13 @@ def config(**overrides):
     settings = dict(iters=12, batch_size=8, loss_options={"s": 8.0}, log_every=2, checkpoint_every=4, warmup=2)
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def test_a_trainer_trains_on_the_current_backend_and_never_changes_it(tmp_path):
+    assert get_backend() == "numpy"
+    with pytest.raises(ValueError, match="the run trains on cupy but the current backend is numpy"):
+        Trainer(config(backend="cupy"), tiny_dataset(), str(tmp_path), progress=False)
+    assert get_backend() == "numpy"
 
 
 def test_resumed_run_ends_with_exactly_the_parameters_of_the_uninterrupted_run(tmp_path):
@@ -113,7 +122,7 @@ def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_cli(monkeypatch):
-    monkeypatch.setattr(cli, "open_dataset", lambda spec, seed, *image: tiny_dataset(seed=seed))
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))
 
 
 def test_cli_train_writes_the_run_directory_and_eval_rereads_it(tmp_path, tiny_cli, capsys):

@@ -42,8 +42,9 @@ from matplotlib.figure import Figure
 import checks
 from amnp import figures, models, optim
 from amnp import functional as F
-from amnp.heads import SoftmaxHead, TrainingModel, build_head
-from amnp.training import preprocess
+from amnp.config import build_head
+from amnp.heads import SoftmaxHead, TrainingModel
+from amnp.inference import preprocess
 
 NUM_CLASSES, IMAGE_SIZE, S, MARGIN = 6, 16, 10.0, 0.35
 CFG = (dict(train_per_class=30, test_per_class=10, steps=40, batch_size=32) if QUICK else
@@ -236,7 +237,7 @@ checks.show(os.path.join(OUT, "07_circle_all.png"))
 # %% [markdown]
 # ## 4. On the sphere: five losses with a 3-D embedding
 # Softmax, NormFace, A-Softmax ($m = 4$, scaled by $\lVert f\rVert$, annealed with λ), AM-Softmax
-# and ArcFace ($m = 0.5$), all from `amnp.heads.build_head`.
+# and ArcFace ($m = 0.5$), all from `amnp.config.build_head`.
 
 # %%
 sphere_runs = [

@@ -35,7 +35,8 @@ import numpy as np
 
 import checks
 from amnp import functional as F
-from amnp.heads import TrainingModel, build_head
+from amnp.config import build_head
+from amnp.heads import TrainingModel
 from amnp.layers import Linear, PReLU, Sequential
 from amnp.optim import SGD
 

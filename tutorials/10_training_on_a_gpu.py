@@ -37,6 +37,7 @@ from amnp import functional as F
 from amnp import models
 from amnp.backend import cupy_available, to_numpy, use_backend
 from amnp.layers import CosineLinear
+from amnp.validation import value_checks
 
 GPU, why_not = cupy_available()
 print("CuPy and a CUDA device: " + ("yes" if GPU else f"no, the CuPy parts are skipped ({why_not.split('.')[0]})"))
@@ -108,11 +109,12 @@ def parameters(*layers):
 def train_step(net, classifier, x, labels, lr=0.01):
     """One SGD step. Everything stays where x lives: no float(), no .get(), no print.
     Returns the loss as a 0-d array on the same device. The labels were drawn in range
-    once, so the loss skips its value checks (check_values=False): they read values back
+    once, so the loss skips its value checks (value_checks(False)): they read values back
     (are the cosines finite? the smallest and largest label), three waits for the device
     in every step."""
     cos = classifier.forward(net.forward(x))
-    loss, cache = F.am_softmax_forward(cos, labels, m=0.35, s=10.0, check_values=False)
+    with value_checks(False):
+        loss, cache = F.am_softmax_forward(cos, labels, m=0.35, s=10.0)
     net.backward(classifier.backward(F.am_softmax_backward(1.0, cache)))
     for owner, key in parameters(net, classifier):
         owner.params[key] -= lr * owner.grads[key]

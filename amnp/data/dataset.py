@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import asarray, get_array_module
+from ..validation import row_indices
 from .on_disk import DiskImages
 
 __all__ = [
@@ -47,13 +49,14 @@ def default_cache_dir() -> Path:
 
 
 def _as_int64(name: str, values, ndim: int) -> np.ndarray:
-    """Return ``values`` as an int64 array with ``ndim`` dimensions, or raise ValueError."""
+    """Return ``values`` as an int64 array with ``ndim`` dimensions; TypeError for other
+    than integers, ValueError for another number of dimensions."""
     array = np.asarray(values)
     if array.size == 0:
         # An empty list has dtype float64; it is still a valid empty index array.
         array = array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}")
     return array.astype(np.int64, copy=False)
@@ -61,18 +64,11 @@ def _as_int64(name: str, values, ndim: int) -> np.ndarray:
 
 def _check_images(name: str, images) -> None:
     if not isinstance(images, (np.ndarray, DiskImages)):
-        raise ValueError(f"{name} must be a numpy array or DiskImages, got {type(images).__name__}")
+        raise TypeError(f"{name} must be a numpy array or DiskImages, got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8 (pixel values 0..255), got {images.dtype}")
+        raise TypeError(f"{name} must have dtype uint8 (pixel values 0..255), got {images.dtype}")
     if images.ndim != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W), got {images.shape}")
-
-
-def _check_indices(name: str, indices: np.ndarray, size: int, what: str) -> None:
-    if indices.size and (indices.min() < 0 or indices.max() >= size):
-        raise ValueError(
-            f"{name} must index {what} (0..{size - 1}), "
-            f"found values from {indices.min()} to {indices.max()}")
 
 
 @dataclass(repr=False, eq=False)  # arrays make == and the default repr useless
@@ -147,7 +143,7 @@ class VerificationDataset:
         if self.pair_same.size == 0:
             self.pair_same = self.pair_same.astype(bool)
         if self.pair_same.dtype != bool:
-            raise ValueError(f"pair_same must be a bool array, got dtype {self.pair_same.dtype}")
+            raise TypeError(f"pair_same must be a bool array, got dtype {self.pair_same.dtype}")
         self.class_names = [str(name) for name in self.class_names]
         self.test_class_names = [str(name) for name in self.test_class_names]
         self.mirror = bool(self.mirror)
@@ -157,8 +153,7 @@ class VerificationDataset:
             raise ValueError(f"{n_train} train_images but {len(self.train_labels)} train_labels")
         if len(self.test_labels) != n_test:
             raise ValueError(f"{n_test} test_images but {len(self.test_labels)} test_labels")
-        _check_indices("train_labels", self.train_labels, self.num_classes,
-                       f"the {self.num_classes} class_names")
+        row_indices(self.train_labels, self.num_classes, "train_labels", f"the {self.num_classes} class_names")
         if self.test_labels.size and self.test_labels.min() < 0:
             raise ValueError("test_labels must be non-negative identity ids")
         if self.test_class_names and self.test_labels.size \
@@ -174,7 +169,7 @@ class VerificationDataset:
             raise ValueError(
                 f"{n_pairs} pairs need pair_same and pair_fold of shape ({n_pairs},), got "
                 f"{self.pair_same.shape} and {self.pair_fold.shape}")
-        _check_indices("pairs", self.pairs, n_test, "test_images")
+        row_indices(self.pairs, n_test, "pairs", "test_images")
         if self.pair_fold.size and self.pair_fold.min() < 0:
             raise ValueError("pair_fold must hold non-negative fold numbers")
         # pair_same is redundant with test_labels; a mismatch means a bug in the loader.
@@ -185,8 +180,8 @@ class VerificationDataset:
                 f"pair_same[{bad}] = {bool(self.pair_same[bad])} disagrees with test_labels "
                 f"of pair {tuple(int(i) for i in self.pairs[bad])}")
 
-        _check_indices("gallery", self.gallery, n_test, "test_images")
-        _check_indices("probes", self.probes, n_test, "test_images")
+        row_indices(self.gallery, n_test, "gallery", "test_images")
+        row_indices(self.probes, n_test, "probes", "test_images")
         if np.intersect1d(self.gallery, self.probes).size:
             raise ValueError("gallery and probes must be disjoint")
 
@@ -200,6 +195,16 @@ class VerificationDataset:
         """Shape (C, H, W) of one image."""
         return tuple(int(d) for d in self.train_images.shape[1:])
 
+    def batch_reader(self):
+        """The training images as a trainer reads them, a batch at a time: ``read(indices)``
+        gives the uint8 images of the rows ``indices`` (a 1-D integer array), and
+        ``read_ahead`` says whether reading is slow enough to do ahead of the step that needs
+        it.  Images in memory move to the device (the current backend) once, here, and a
+        batch only indexes them there; a `DiskImages` reads each batch from its file."""
+        if isinstance(self.train_images, DiskImages):
+            return self.train_images
+        return DeviceImages(self.train_images)
+
     def __repr__(self) -> str:
         # The default dataclass repr would print every pixel.
         n_test_ids = len(np.unique(self.test_labels))
@@ -210,6 +215,19 @@ class VerificationDataset:
             f"{int(self.pair_same.sum())} same / {int((~self.pair_same).sum())} different pairs in "
             f"{len(np.unique(self.pair_fold))} folds, gallery {len(self.gallery)}, "
             f"probes {len(self.probes)}, mirror={self.mirror})")
+
+
+class DeviceImages:
+    """uint8 images (N, C, H, W) held on the device, read a batch at a time (see
+    `VerificationDataset.batch_reader`): no transfer per batch but the indices'."""
+
+    read_ahead = False
+
+    def __init__(self, images):
+        self.images = asarray(images)
+
+    def read(self, indices):
+        return self.images[get_array_module(self.images).asarray(indices)]
 
 
 # ----------------------------------------------------------------------------

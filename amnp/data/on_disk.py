@@ -93,6 +93,14 @@ class DiskImages:
             return self._read(rows[None])[0]
         return self._read(rows)
 
+    # A batch reader (VerificationDataset.batch_reader): reading costs page faults and disk
+    # seeks, so the trainer reads the next batches while a step computes (amnp.data.prefetch).
+    read_ahead = True
+
+    def read(self, indices) -> np.ndarray:
+        """The images of the rows ``indices`` (a 1-D integer array), in memory: a batch."""
+        return self[indices]
+
     def subset(self, key) -> "DiskImages":
         """The rows ``key`` selects, still on disk; an integer key keeps its row axis."""
         return DiskImages(self.path, self.file_shape, self.checksums,

@@ -12,6 +12,7 @@ from .flatten import flatten_backward, flatten_forward
 from .linear import linear_backward, linear_forward
 from .losses import log_softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .margins import (
+    DEFAULT_SCALE,
     additive_margin,
     am_softmax_backward,
     am_softmax_forward,
@@ -30,4 +31,5 @@ __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] +
     "col2im",
     "log_softmax",
     "no_margin", "additive_margin", "arcface_margin", "combined_margin", "sphereface_margin",
+    "DEFAULT_SCALE",
 ]

@@ -1,14 +1,13 @@
 """Softmax cross-entropy, the core every margin loss ends in (amnp.functional.margins).
 
-It returns the mean loss over the batch as a 0-d array (it stays on the
-device; the loss classes turn it into a Python float).
+It returns the mean loss over the batch as a 0-d array: it stays on the device.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from ..backend import get_array_module
-from ..validation import class_labels, finite, floating_array
+from ..validation import class_labels, finite, floating_array, values_checked
 
 
 def log_softmax(z):
@@ -19,18 +18,18 @@ def log_softmax(z):
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def check_scores_and_labels(scores, labels, where, check_values=True):
-    """Shapes, dtypes and backends always; with ``check_values`` also that the scores are
-    finite and the labels in range, which reads values back from the device: a training
-    loop that checked its labels once passes False and watches the loss instead."""
+def check_scores_and_labels(scores, labels, where):
+    """Shapes, dtypes and backends always; unless value checks are off
+    (amnp.validation.value_checks) also that the scores are finite and the labels in
+    range, which reads values back from the device."""
     floating_array(scores, 2, "(N, num_classes)", where, "scores")
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"{where}: scores must hold at least one sample and one class, "
                          f"got shape {tuple(scores.shape)}")
     get_array_module(scores, labels)
-    if check_values:
+    if values_checked():
         finite(scores, where, "scores")
-    class_labels(labels, scores.shape[0], scores.shape[1], where, check_range=check_values)
+    class_labels(labels, scores.shape[0], scores.shape[1], where)
 
 
 class SoftmaxCrossEntropyCache(NamedTuple):
@@ -38,10 +37,10 @@ class SoftmaxCrossEntropyCache(NamedTuple):
     labels: object  # (N,)
 
 
-def softmax_cross_entropy_forward(logits, labels, check_values=True):
-    """logits: (N, C), labels: (N,) ints in [0, C) -> loss = −(1/N) Σ_n log softmax(z_n)[y_n].
-    ``check_values=False`` skips the checks that read values back (check_scores_and_labels)."""
-    check_scores_and_labels(logits, labels, "softmax_cross_entropy", check_values)
+def softmax_cross_entropy_forward(logits, labels):
+    """logits: (N, C), labels: (N,) ints in [0, C) -> loss = −(1/N) Σ_n log softmax(z_n)[y_n]
+    (inputs checked by check_scores_and_labels)."""
+    check_scores_and_labels(logits, labels, "softmax_cross_entropy")
     return _cross_entropy(logits, labels)
 
 

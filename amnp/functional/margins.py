@@ -157,16 +157,16 @@ def check_scale(scale, num_samples, dtype, where):
         raise ValueError(f"{where}: the scale s must be a finite number > 0, got {scale}")
 
 
-def margin_softmax_forward(cos, labels, margin: Callable, scale, where="margin_softmax", check_values=True):
+def margin_softmax_forward(cos, labels, margin: Callable, scale, where="margin_softmax"):
     """Softmax cross-entropy over scaled cosines whose target column is replaced by ψ.
 
     cos: (N, C) cosines from a cosine layer; labels: (N,) ints in [0, C);
     margin: c_y (N,) -> (ψ(c_y), dψ/dc(c_y)), one of the functions above with its
     options bound; scale: float s, (N, 1) feature norms, or a (1,) learned s.
-    Returns the mean loss (0-d array, on the device) and the cache.  ``check_values=False``
-    skips the checks that read values back from the device (see check_scores_and_labels).
+    Returns the mean loss (0-d array, on the device) and the cache.  The inputs are
+    checked by check_scores_and_labels (its value checks: amnp.validation.value_checks).
     """
-    check_scores_and_labels(cos, labels, where, check_values)
+    check_scores_and_labels(cos, labels, where)
     check_scale(scale, cos.shape[0], cos.dtype, where)
     xp = get_array_module(cos)
     rows = xp.arange(cos.shape[0])
@@ -195,6 +195,12 @@ def margin_softmax_backward(dout, cache: MarginSoftmaxCache):
     return dcos, dscale
 
 
+# The default scale of every fixed-s member, here, in AMSoftmaxLoss and in the loss registry
+# (amnp.config.LOSSES): 16, not the paper's 30, which learned more slowly on the glyph
+# dataset's 501 classes (docs/results.md, "Why s is 16, not the paper's 30").
+DEFAULT_SCALE = 16.0
+
+
 def check_margin_and_scale(m, s, where):
     if not (m >= 0 and m < math.inf):
         raise ValueError(f"{where}: the margin m must be a finite number >= 0, got {m}")
@@ -202,19 +208,18 @@ def check_margin_and_scale(m, s, where):
         raise ValueError(f"{where}: the scale s must be a finite number > 0, got {s}")
 
 
-def am_softmax_forward(cos, labels, m=0.35, s=30.0, conditional=False, check_values=True):
+def am_softmax_forward(cos, labels, m=0.35, s=DEFAULT_SCALE, conditional=False):
     """AM-Softmax on cosines: the margin-softmax core with ψ(c) = c − m and a fixed s.
 
     cos: (N, C) cosines; labels: (N,) ints in [0, C).
     z_nj = s (cos_nj − m·[j = y_n]), loss = −(1/N) Σ_n log softmax(z_n)[y_n].
     Only the target column moves; m = 0 gives the normalised softmax (NormFace).
     conditional=True subtracts m only where cos θ_y > m (see additive_margin: the
-    loss jumps where cos θ_y crosses m).  ``check_values=False`` skips the checks
-    that read values back from the device (see check_scores_and_labels).
+    loss jumps where cos θ_y crosses m).
     """
     check_margin_and_scale(m, s, "am_softmax")
     return margin_softmax_forward(cos, labels, lambda c: additive_margin(c, m, conditional), s,
-                                  "am_softmax", check_values)
+                                  "am_softmax")
 
 
 def am_softmax_backward(dout, cache: MarginSoftmaxCache):

@@ -1,19 +1,24 @@
 """The layer protocol and the two containers.
 
+One protocol for every piece with a forward and a backward pass: a layer, a loss
+(amnp.losses) and a classifier head (amnp.heads) are all ``Layer``s.
+``out = layer.forward(*inputs)`` keeps what backward needs; ``layer.backward(dout)``
+returns the gradient with respect to the (first) input, dout being dL/d(out).  A
+loss's output is the batch's mean loss, a 0-d array on the inputs' device, so its
+``backward(dout=1.0)`` defaults dout to 1.
+
 A layer owns two dicts with the same keys: ``params`` (the arrays forward reads,
 at call time, so assigning a new array of the same shape loads weights) and
 ``grads`` (filled by backward for the last forward).  Parameters are created with
 ``add_parameter``, which also records whether weight decay applies to them: the
-layer that creates a parameter knows what it is, the optimizer does not.  ``y = layer.forward(x)``
-keeps what backward needs; ``dx = layer.backward(dout)`` returns the gradient
-for the input.  A layer instance is used once per forward pass: calling it twice
-before backward would overwrite its cache.
+layer that creates a parameter knows what it is, the optimizer does not.  A layer
+instance is used once per forward pass: calling it twice before backward would
+overwrite its cache.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import asarray, to_numpy
+from ..validation import matching_state
 
 
 class Layer:
@@ -33,14 +38,14 @@ class Layer:
             self.no_weight_decay.add(key)
         return value
 
-    def forward(self, x):
+    def forward(self, *inputs):
         raise NotImplementedError
 
     def backward(self, dout):
         raise NotImplementedError
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
 
     def _last_cache(self):
         if self._cache is None:
@@ -69,25 +74,8 @@ class Layer:
         """Copy arrays into the parameters, on the current backend, after checking that the
         names, shapes and dtypes all match; nothing is changed when anything differs."""
         own = {name: (layer, key) for name, layer, key in self.named_parameters()}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{type(self).__name__}: parameters do not match; "
-                f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
-            )
-        for name, (layer, key) in own.items():
-            current, given = layer.params[key], state[name]
-            if tuple(given.shape) != tuple(current.shape):
-                raise ValueError(
-                    f"{type(self).__name__}: parameter {name!r} has shape {tuple(current.shape)} "
-                    f"but the state gives {tuple(given.shape)}"
-                )
-            if np.dtype(given.dtype) != np.dtype(current.dtype):
-                raise TypeError(
-                    f"{type(self).__name__}: parameter {name!r} has dtype {current.dtype} "
-                    f"but the state gives {given.dtype}"
-                )
+        matching_state(state, {name: layer.params[key] for name, (layer, key) in own.items()},
+                       f"{type(self).__name__}: the state does not fit")
         for name, (layer, key) in own.items():
             # a copy: the optimizer updates parameters in place, which must not reach the caller
             layer.params[key] = asarray(state[name], dtype=layer.params[key].dtype).copy()
