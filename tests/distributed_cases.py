@@ -16,7 +16,8 @@ import numpy as np
 from amnp import functional as F
 from amnp import models
 from amnp.distributed import all_reduce_gradients, build_sharded_head, class_range
-from amnp.heads import TrainingModel, build_head
+from amnp.config import build_head
+from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 EMBEDDING, CLASSES = 5, 7          # 7 classes: shards of 7 / 4+3 / 3+2+2

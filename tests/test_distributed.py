@@ -27,7 +27,8 @@ from amnp.distributed import (
     class_range,
     run_simulated,
 )
-from amnp.heads import TrainingModel, build_head
+from amnp.config import build_head
+from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 from . import distributed_cases as cases

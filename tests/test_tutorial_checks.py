@@ -541,6 +541,9 @@ def test_dir_at_far():
 
 
 # ---------------------------------------------------------------------------- tutorial 10
+_real_clock = time.perf_counter
+
+
 def test_measure():
     def timed(step, sync, repeats, warm_up=True, sync_before=True, sync_after=True, reduce=np.median):
         if warm_up:
@@ -570,6 +573,43 @@ def test_measure():
     rejects(checks.check_measure, total_over_repeats, "no warm-up")
     rejects(checks.check_measure, lambda *a: timed(*a, reduce=np.mean), "return the median")
     rejects(checks.check_measure, lambda *a: timed(*a, sync_before=False, reduce=np.mean), "BEFORE starting the clock")
+
+    def clock_imported_by_name(step, sync, repeats):
+        perf_counter = _real_clock  # `from time import perf_counter` at import: bound before the check
+
+        step()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = perf_counter()
+            step()
+            sync()
+            times.append(perf_counter() - start)
+        return float(np.median(times))
+
+    rejects(checks.check_measure, clock_imported_by_name, "not a name imported from time")
+
+
+def test_measure_is_judged_on_a_simulated_clock_so_a_busy_machine_changes_nothing(capsys):
+    """The simulated device sleeps for nothing: an honest answer measures exactly 20 ms, however
+    slowly the host runs (it failed at 27.9 ms under load when the device slept for real)."""
+    def honest_on_a_slow_host(step, sync, repeats):
+        step()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            busy_until = _real_clock() + 0.005  # 5 ms of host work that the device does not see
+            while _real_clock() < busy_until:
+                pass
+            sync()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    checks.check_measure(honest_on_a_slow_host)
+    assert "20.0 ms for a 20 ms step" in capsys.readouterr().out
+    assert time.perf_counter is _real_clock, "the check left its simulated clock in place"
 
 
 # ---------------------------------------------------------------------------- backward passes to derive

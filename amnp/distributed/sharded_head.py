@@ -43,7 +43,8 @@ import numpy as np
 from .. import functional as F
 from ..backend import get_array_module, to_numpy
 from ..functional.normalize import DEFAULT_EPS
-from ..heads import SCALE_FLOOR, MarginHead, build_head
+from ..config import build_head
+from ..heads import SCALE_FLOOR, MarginHead
 from ..layers import Layer
 from ..validation import floating_array, same_dtype
 from .communicator import Communicator
@@ -257,7 +258,7 @@ class ShardedMarginHead(Layer):
 def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: Communicator, *,
                        dtype=np.float32, rng=None, sample_rate=1.0, sample_rng=None,
                        **options) -> ShardedMarginHead:
-    """This rank's shard of ``amnp.heads.build_head(loss, ...)``, options checked as there
+    """This rank's shard of ``amnp.config.build_head(loss, ...)``, options checked as there
     (``sample_rate``, ``sample_rng``: class sampling, see :class:`ShardedMarginHead`).
 
     Every rank draws the full weight from ``rng`` and keeps its rows, so with the same seed
