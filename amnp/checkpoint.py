@@ -31,8 +31,14 @@ class CheckpointError(ValueError):
 
 
 def save(path, model, optimizer, meta: dict) -> None:
-    arrays = {f"param/{name}": value for name, value in model.state_dict().items()}
-    arrays.update({f"velocity/{name}": to_numpy(v) for name, v in optimizer.state_dict().items()})
+    write(path, model.state_dict(), optimizer.state_dict(), meta)
+
+
+def write(path, params: dict, velocity: dict, meta: dict) -> None:
+    """Write parameters and momentum given as {dotted name: array} (what ``save`` takes from
+    a model and its optimizer; the trainer on several ranks gathers a sharded head's first)."""
+    arrays = {f"param/{name}": to_numpy(value) for name, value in params.items()}
+    arrays.update({f"velocity/{name}": to_numpy(v) for name, v in velocity.items()})
     arrays["meta"] = np.array(json.dumps(dict(meta, format_version=FORMAT_VERSION)))
     with atomic_file(path, "wb") as file:
         np.savez(file, **arrays)
@@ -105,6 +111,13 @@ def load(path, model, optimizer=None) -> dict:
     the model (none at step 0), never others.
     """
     params, velocity, meta = read(path)
+    assign(path, model, optimizer, params, velocity)
+    return meta
+
+
+def assign(path, model, optimizer, params: dict, velocity: dict) -> None:
+    """Load parameters and momentum read from the checkpoint ``path`` into ``model`` and
+    ``optimizer`` (if not None), all or nothing, as ``load`` does."""
     own = _parameters(model)
     checks = [("parameters", params, True)] + ([("momentum", velocity, False)] if optimizer else [])
     problems = []
@@ -118,7 +131,6 @@ def load(path, model, optimizer=None) -> dict:
     model.load_state_dict(params)
     if optimizer is not None:
         optimizer.load_state_dict({name: asarray(v) for name, v in velocity.items()})
-    return meta
 
 
 def load_network(path, net, prefix: str = "net.") -> dict:

@@ -90,9 +90,9 @@ class TrainConfig:
             values["loss_options"] = {**legacy, **values.get("loss_options", {})}
         return cls(**values)
 
-    def build_head(self, embedding_size: int, num_classes: int, rng=None) -> Head:
+    def build_head(self, embedding_size: int, num_classes: int, rng=None, dtype=np.float32) -> Head:
         """The head of the run's loss, from the options ``validate`` resolved (not again)."""
-        return LOSSES[self.loss].build(embedding_size, num_classes, self.loss_options, np.float32, rng)
+        return LOSSES[self.loss].build(embedding_size, num_classes, self.loss_options, dtype, rng)
 
     @property
     def dataset_spec(self) -> "DatasetSpec":

@@ -14,6 +14,14 @@ comes from the permutation of its epoch, drawn from a generator seeded with
 (seed, epoch), and its mirror flips from one seeded with (seed, t).  So a run
 resumed from a checkpoint sees exactly the batches the uninterrupted run would
 have seen, and on NumPy ends with bit-for-bit the same parameters.
+
+On several processes (``comm``, a communicator of amnp.distributed) the global batch of step
+t is the single-process batch of step t, split into equal contiguous parts, one per rank;
+the loss is the global batch's mean, so each rank's gradients are its share of the global
+gradient and are summed over ranks (one all-reduce per step, which also carries the ranks'
+stop votes), and every rank applies the same update.  The head is replicated, or sharded by
+classes (``sharded_head``).  Rank 0 alone writes the run directory; the checkpoint holds
+the sharded head gathered, so its layout does not depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from . import checkpoint, models, rundir
 from .backend import asarray, get_array_module, get_backend, to_numpy
 from .config import TrainConfig, steps_per_epoch
 from .data.prefetch import Prefetcher
+from .distributed import Communicator, ShardedMarginHead, SingleProcess, all_reduce_gradients, class_range
 from .heads import TrainingModel
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
@@ -55,11 +64,12 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 class Interrupted(KeyboardInterrupt):
     """One of STOP_SIGNALS ended the work; ``signum`` says which.  A KeyboardInterrupt, so
-    whatever ends a program on Ctrl-C ends it on SIGTERM and SIGHUP too."""
+    whatever ends a program on Ctrl-C ends it on SIGTERM and SIGHUP too.  ``every_rank``:
+    all ranks of a distributed run agreed to stop (see Trainer.train), so none is left waiting."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, every_rank: bool = False):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.every_rank = signum, every_rank
 
 
 def catch_stop_signals(handler):
@@ -89,20 +99,36 @@ class Trainer:
     One step: minibatch → net.forward → head.forward (loss) → head.backward →
     net.backward → optimizer.step(lr).  The run directory ``out_dir`` must exist
     before ``train`` (the CLI creates it and writes config.json).
+
+    ``comm``: the ranks to train on together (see the module docstring); every rank makes
+    its Trainer with the same config and dataset and calls the same methods.
+    ``config.batch_size`` is the global batch, which the number of ranks must divide.
+    ``sharded_head``: each rank holds a contiguous slice of the classes of a margin head
+    (amnp.distributed.ShardedMarginHead) instead of the whole head.  ``dtype``: of the
+    parameters and the images (float32; float64 for exactness tests).
     """
 
-    def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None):
+    def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None,
+                 comm: Communicator | None = None, sharded_head: bool = False, dtype=np.float32):
         if config.backend is None:  # a bad AMNP_BACKEND raises here, never falls back to numpy
             config = dataclasses.replace(config, backend=get_backend())
         config.validate()
         if config.backend != get_backend():
             raise ValueError(f"the run trains on {config.backend} but the current backend is {get_backend()}: "
                              f"choose it first (amnp.set_backend({config.backend!r}) or amnp.use_backend)")
-        self.config, self.dataset, self.out_dir = config, dataset, out_dir
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.comm = SingleProcess() if comm is None else comm
+        if config.batch_size % self.comm.size:
+            raise ValueError(f"batch-size {config.batch_size} is the global batch, split evenly over the "
+                             f"{self.comm.size} ranks, which do not divide it: choose a multiple of {self.comm.size}")
+        self.writer = self.comm.rank == 0  # rank 0 alone writes the run directory and prints
+        self.config, self.dataset, self.out_dir, self.dtype = config, dataset, out_dir, dtype
+        self.progress = self.writer and (sys.stderr.isatty() if progress is None else progress)
         rng = np.random.default_rng(config.seed)
-        net = models.build(config.model, dataset.image_shape, rng=rng)
-        head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng)
+        net = models.build(config.model, dataset.image_shape, dtype=dtype, rng=rng)
+        # the whole head is drawn on every rank, so a sharded head starts where one process does
+        head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng, dtype=dtype)
+        if sharded_head:
+            head = ShardedMarginHead.from_head(head, self.comm)
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
@@ -121,26 +147,32 @@ class Trainer:
         self.train_labels = asarray(dataset.train_labels.astype(np.int64))
         self._prefetcher = None
         self.stopped_by = None  # the stop signal that interrupted train, if one did
+        self._stop_votes = 0.0  # the ranks that had a stop signal before the last step's all-reduce
 
     # ------------------------------------------------------------------ batches
     def batch_indices(self, step: int) -> np.ndarray:
+        """The images of step ``step`` on the rank: its part of the global batch."""
         epoch, position = divmod(step, self.steps_per_epoch)
         order = np.random.default_rng([self.config.seed, 1, epoch]).permutation(self.num_train)
         b = self.config.batch_size
-        return order[position * b:(position + 1) * b]
+        return order[position * b:(position + 1) * b][self._local_rows()]
+
+    def _local_rows(self) -> slice:
+        local = self.config.batch_size // self.comm.size
+        return slice(self.comm.rank * local, (self.comm.rank + 1) * local)
 
     def batch(self, step: int):
         xp = get_array_module(self.train_labels)
         index = xp.asarray(self.batch_indices(step))
         images = xp.asarray(self._prefetcher.get(step) if self._prefetcher else self.read_batch(step))
         mirror = None
-        if self.dataset.mirror:
-            flips = np.random.default_rng([self.config.seed, 2, step]).random(len(index)) < 0.5
-            mirror = xp.asarray(flips)
-        return preprocess(images, mirror), self.train_labels[index]
+        if self.dataset.mirror:  # drawn for the global batch, so that each rank flips its rows as one process does
+            flips = np.random.default_rng([self.config.seed, 2, step]).random(self.config.batch_size) < 0.5
+            mirror = xp.asarray(flips[self._local_rows()])
+        return preprocess(images, mirror).astype(self.dtype, copy=False), self.train_labels[index]
 
     def read_batch(self, step: int):
-        """The uint8 images of step ``step``, from the dataset's batch reader."""
+        """The uint8 images of step ``step`` on the rank, from the dataset's batch reader."""
         return self.images.read(self.batch_indices(step))
 
     # ------------------------------------------------------------------ files
@@ -149,26 +181,64 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint, unless a parameter went NaN or Inf: that would overwrite the
-        last good one with a useless one (TrainingDiverged instead)."""
-        for name, owner, key in self.model.named_parameters():
+        last good one with a useless one (TrainingDiverged instead).  On several ranks every
+        rank calls it: a sharded head is gathered, every rank checks the whole state (so all
+        raise together), and rank 0 writes."""
+        params, velocity = self._gathered_state()
+        for name, value in params.items():
             try:
-                finite(owner.params[key], "training", f"parameter {name}")
+                finite(value, "training", f"parameter {name}")
             except NonFiniteError as exc:
                 raise self._diverged(exc, self.step) from None
-        checkpoint.save(self.path("checkpoint.npz"), self.model, self.optimizer,
-                        {"step": self.step, "config": dataclasses.asdict(self.config),
-                         "image_shape": list(self.dataset.image_shape), "mirror": self.dataset.mirror})
+        if self.writer:
+            checkpoint.write(self.path("checkpoint.npz"), params, velocity,
+                             {"step": self.step, "config": dataclasses.asdict(self.config),
+                              "image_shape": list(self.dataset.image_shape), "mirror": self.dataset.mirror})
+
+    def _sharded_names(self) -> list[str]:
+        """The parameters that each rank holds a slice of (rows: classes)."""
+        return ["head.classifier.weight"] if isinstance(self.model.head, ShardedMarginHead) else []
+
+    def _class_counts(self) -> list[int]:
+        num_classes = self.dataset.num_classes
+        return [stop - start for start, stop in (class_range(num_classes, self.comm.size, rank)
+                                                 for rank in range(self.comm.size))]
+
+    def _gathered_state(self) -> tuple[dict, dict]:
+        """(parameters, momentum) by name, as one process holds them: the sharded slices
+        gathered from every rank."""
+        params = {name: owner.params[key] for name, owner, key in self.model.named_parameters()}
+        velocity = dict(self.optimizer.velocity)
+        for name in self._sharded_names():
+            for state in (params, velocity):
+                if name in state:  # no momentum before the first step, on every rank alike
+                    state[name] = self.comm.all_gather(state[name], self._class_counts())
+        return params, velocity
+
+    def _load_checkpoint(self) -> dict:
+        """Load the run's checkpoint, each rank keeping its slice of a sharded head."""
+        path = self.path("checkpoint.npz")
+        params, velocity, meta = checkpoint.read(path)
+        start, stop = class_range(self.dataset.num_classes, self.comm.size, self.comm.rank)
+        for name in self._sharded_names():
+            for state in (params, velocity):
+                if name in state and state[name].ndim == 2:  # another shape: refused by assign, naming it
+                    state[name] = state[name][start:stop]
+        checkpoint.assign(path, self.model, self.optimizer, params, velocity)
+        return meta
 
     def start(self) -> None:
         """Begin a new run in the run directory (which the caller holds, see
         amnp.rundir.hold): write config.json, data.json and a step-0 checkpoint, in that
         order and each whole or not at all, so that a run killed at any point can resume."""
-        os.makedirs(self.out_dir, exist_ok=True)
-        rundir.write_json(self.path("config.json"), dataclasses.asdict(self.config))
+        if self.writer:
+            os.makedirs(self.out_dir, exist_ok=True)
+            rundir.write_json(self.path("config.json"), dataclasses.asdict(self.config))
         self._first_checkpoint()
 
     def _first_checkpoint(self) -> None:
-        rundir.write_data_record(self.out_dir, self.dataset, self.config.dataset)
+        if self.writer:
+            rundir.write_data_record(self.out_dir, self.dataset, self.config.dataset)
         self.save_checkpoint()
 
     def resume(self) -> None:
@@ -177,32 +247,58 @@ class Trainer:
         dropped.  A run stopped before its first checkpoint was written had trained nothing:
         it starts at step 0."""
         records = read_metrics(self.path("metrics.jsonl"))
+        # every rank reads the same files, so all of them take the same branch
         if os.path.exists(self.path("checkpoint.npz")):
-            rundir.check_data(self.out_dir, self.dataset, self.config.dataset, resuming=True)
-            meta = checkpoint.load(self.path("checkpoint.npz"), self.model, self.optimizer)
-            self.step = meta["step"]
+            if self.writer:
+                rundir.check_data(self.out_dir, self.dataset, self.config.dataset, resuming=True)
+            self.step = self._load_checkpoint()["step"]
         else:
-            if records:  # not stopped before it: the checkpoint was lost
+            if records and self.writer:  # not stopped before it: the checkpoint was lost
                 warnings.warn(f"{self.path('checkpoint.npz')} is missing: the run starts again from "
                               "step 0, and trains again the steps metrics.jsonl logged", stacklevel=2)
             self._first_checkpoint()
-        write_metrics(self.path("metrics.jsonl"), [r for r in records if r["step"] <= self.step])
+        if self.writer:
+            write_metrics(self.path("metrics.jsonl"), [r for r in records if r["step"] <= self.step])
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step: int):
-        """One SGD step (``sgd_step``); returns device scalars (loss, margin-free accuracy,
-        mean target cosine).
+        """One SGD step (``sgd_step``); returns this rank's parts of the global batch's (loss,
+        margin-free accuracy, mean target cosine), device scalars that sum over the ranks to
+        the global values (``_read_window`` sums them).
 
         Nothing in a step reads a value back from the device, which on a GPU would stall it
         until it caught up: the labels were checked once in __init__, so the loss skips its
         value checks, and finiteness is checked once per window of steps (``_read_window``).
+        On several ranks the stop votes are read after the step's all-reduce: one number,
+        on the host, since the distributed trainer runs on NumPy (MPI).
         """
         x, y = self.batch(step)
+        head, global_batch = self.model.head, self.config.batch_size
+        sharded = isinstance(head, ShardedMarginHead)
+        # a replicated head's loss is the local mean: its share of the global mean is n_local / N
+        share = 1.0 if sharded else len(y) / global_batch
         with value_checks(False):
-            loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step)
-        head = self.model.head
-        correct = (head.scores.argmax(axis=1) == y).mean()
-        return loss, correct, head.target_cosines().mean()
+            loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step, share,
+                            self._all_reduce_gradients if self.comm.size > 1 else None)
+        if sharded:  # the same global values on every rank: counted once, on rank 0
+            weight = 1.0 if self.comm.rank == 0 else 0.0
+            return loss * weight, head.correct().mean() * weight, head.target_cosines().mean() * weight
+        correct = (head.scores.argmax(axis=1) == y).sum() / global_batch
+        return loss * share, correct, head.target_cosines().sum() / global_batch
+
+    def _all_reduce_gradients(self, model) -> None:
+        """Sum the gradients over the ranks, in one buffer with the ranks' stop votes (a
+        sharded head's gradients are complete on each rank already)."""
+        owners = model.net if isinstance(model.head, ShardedMarginHead) else model
+        gradients = [owner.grads[key] for _, owner, key in owners.named_parameters()]
+        vote = get_array_module(gradients[0]).full(1, self.stopped_by is not None, dtype=gradients[0].dtype)
+        all_reduce_gradients(self.comm, gradients + [vote])
+        self._stop_votes = float(vote[0])
+
+    def _stopping(self) -> bool:
+        """Whether the loop stops before the next step: a stop signal here, or, on several
+        ranks, on any rank before the last step's all-reduce, so that all stop at one step."""
+        return self.stopped_by is not None if self.comm.size == 1 else self._stop_votes > 0
 
     def train(self, stop_at: int | None = None) -> str:
         """Train up to the last step (or ``stop_at``); returns "finished", "stopped" or
@@ -212,9 +308,12 @@ class Trainer:
 
         A stop signal (Ctrl-C, SIGTERM, SIGHUP: STOP_SIGNALS) sets ``stopped_by`` to its
         number; the loop checks it between steps, so it never stops halfway through an
-        update, saves a checkpoint of the last step trained and returns "interrupted"."""
+        update, saves a checkpoint of the last step trained and returns "interrupted".  On
+        several ranks a signal on any rank stops every rank after the same step (the votes
+        ride in the step's all-reduce); ``stopped_by`` is then the largest signal number
+        among the ranks' on every rank."""
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        self.stopped_by = None
+        self.stopped_by, self._stop_votes = None, 0.0
         restore_signal_handlers = catch_stop_signals(self._stop)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
@@ -223,7 +322,7 @@ class Trainer:
         if self.images.read_ahead:
             self._prefetcher = Prefetcher(self.read_batch, end)
         try:
-            while self.step < end and self.stopped_by is None:
+            while self.step < end and not self._stopping():
                 window.append(self.train_step(self.step))
                 self.step += 1
                 bar.update(1)
@@ -239,11 +338,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
                                     cos=f"{record['mean_target_cosine']:.3f}", lr=f"{record['lr']:.3g}",
                                     img_s=f"{record['images_per_s']:.0f}")
-                    if not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
+                    if self.writer and not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
                         print(format_record(record, self.step / self.steps_per_epoch), flush=True)
                     window, window_start = [], time.perf_counter()
             self._read_window(window)
             self.save_checkpoint()
+            if self.comm.size > 1 and self._stop_votes > 0:
+                signums = self.comm.all_reduce(np.array([self.stopped_by or 0]), "max")
+                self.stopped_by = int(signums[0])
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
@@ -255,13 +357,14 @@ class Trainer:
         return "finished" if self.step >= self.total_steps else "stopped"
 
     def _read_window(self, window) -> np.ndarray:
-        """The (loss, accuracy, target cosine) of each step since the last log, (steps, 3), on
-        the host in one transfer; raises TrainingDiverged naming the first non-finite loss."""
+        """The (loss, accuracy, target cosine) of each step since the last log, (steps, 3),
+        summed over the ranks in one all-reduce, on the host in one transfer; raises
+        TrainingDiverged naming the first non-finite loss (on every rank alike)."""
         if not window:
             return np.zeros((0, 3))
         xp = get_array_module(*window[0])
-        values = to_numpy(xp.stack([xp.stack([xp.asarray(v, dtype=xp.float64) for v in step])
-                                    for step in window]))
+        values = to_numpy(self.comm.all_reduce(xp.stack([xp.stack([xp.asarray(v, dtype=xp.float64) for v in step])
+                                                         for step in window])))
         bad = np.flatnonzero(~np.isfinite(values[:, 0]))
         if bad.size:
             first = self.step - len(window) + int(bad[0])
@@ -293,19 +396,28 @@ class Trainer:
         }
         # the member's schedule values (m of a ramp, SphereFace's λ, a learned s)
         record.update({name: float(to_numpy(value)) for name, value in self.model.head.schedule().items()})
+        if not self.writer:
+            return record
         with open(self.path("metrics.jsonl"), "a") as file:
             file.write(json.dumps(record) + "\n")
         return record
 
 
-def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int):
+def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int,
+             share: float = 1.0, reduce_gradients=None):
     """One step of SGD on the batch (x, labels): the head's schedules set to ``step``, the
     network and head forward (the loss), backward through both, one update at ``lr``.
-    Returns the loss, a 0-d array on the device."""
+    Returns the loss, a 0-d array on the device.
+
+    On several ranks: ``share`` is dL/dloss, the part of the global loss that this batch's
+    loss is (n_local / N for a local mean), and ``reduce_gradients(model)`` sums the
+    gradients over the ranks before the update."""
     net, head = model.net, model.head
     head.set_step(step)
     loss = head.forward(net.forward(x), labels)
-    net.backward(head.backward())
+    net.backward(head.backward(share))
+    if reduce_gradients is not None:
+        reduce_gradients(model)
     optimizer.step(lr)
     return loss
 

@@ -10,7 +10,8 @@ forward, on every rank
     cos = X̂ Ŵ_rᵀ                                                   (N × C_r, this rank's classes)
     t = cos with ψ(cos θ_y) in the target column where this rank owns y_n
     z = scale · t
-    M = all-reduce MAX of each row's max z                         (N numbers)
+    M = all-reduce MAX of each row's max z, with its max cos and its target cos,
+        for the logged accuracy                                    (3N numbers)
     [S, z_y, owned] = all-reduce SUM of Σ_j exp(z − M), the target logit where owned, and
                       whether this rank owns the label                (3N numbers)
     loss = mean over the N rows of log S + M − z_y                 (the same on every rank)
@@ -103,7 +104,8 @@ class ShardedMarginHead(Layer):
     (a 0-d array, the mean over the global batch, the same on every rank),
     ``d_local_embeddings = head.backward()``, ``head.params`` / ``head.grads``
     (``classifier.weight``: this rank's slice; ``scale``: a learned s, the same on every rank),
-    ``set_step`` and ``schedule``.  Every rank calls forward and backward together.
+    ``set_step`` and ``schedule``; after a forward, ``correct()`` and ``target_cosines()`` of
+    every row of the global batch.  Every rank calls forward and backward together.
 
     ``sample_rate`` < 1 is Partial FC's class sampling, an **approximation**: each step, each
     rank keeps the classes of the batch's labels that it owns and fills up to
@@ -203,7 +205,11 @@ class ShardedMarginHead(Layer):
         modified[rows, column] = xp.where(owned, psi, target_cos)
         logits = scale * modified
 
-        row_max = comm.all_reduce(logits.max(axis=1), "max")
+        # the margin-free accuracy rides in the same all-reduce: each row's largest cosine
+        # and its target cosine (from the rank that owns it) over all classes
+        maxima = comm.all_reduce(xp.stack([logits.max(axis=1), cos.max(axis=1),
+                                           xp.where(owned, target_cos, -xp.inf)]), "max")
+        row_max, self._max_cos, self._target_cos = maxima[0], maxima[1], maxima[2]
         exp = xp.exp(logits - row_max[:, None])
         sums = comm.all_reduce(xp.stack([
             exp.sum(axis=1), xp.where(owned, logits[rows, column], 0), owned.astype(logits.dtype)], axis=1))
@@ -214,6 +220,18 @@ class ShardedMarginHead(Layer):
         self._cache = (sizes, x_hat, x_norm_cache, exp / exp_sum[:, None], modified, owned, column,
                        slope, scale, feature_norm_scale)
         return loss
+
+    def correct(self):
+        """Whether each row of the last forward's global batch is classified right without
+        the margin: its target cosine is the largest over all classes (the sampled ones,
+        with class sampling); the same on every rank.  A tie counts as right."""
+        self._last_cache()
+        return self._target_cos >= self._max_cos
+
+    def target_cosines(self):
+        """cos θ between each row of the last forward's global batch and its class's weight."""
+        self._last_cache()
+        return self._target_cos
 
     def _sample_classes(self, column, owned):
         """This rank's classes for one step (indices into its slice, ascending): every class of
