@@ -20,10 +20,18 @@ step trained first (continue with ``amnp train --resume DIR``; ``amnp compare``
 with the same --out); any other command just ends.  A signal the command was
 started with ignored (SIGINT in a background job, SIGHUP under nohup) stays
 ignored.  AMNP_DEBUG=1 shows the traceback behind an error.
+
+``amnp train --distributed`` runs under ``mpiexec -n P python -m mpi4py -m amnp train
+--distributed ...``: P ranks train one run (amnp.training), rank 0 alone printing and
+writing the run directory.  An error that every rank meets is printed once, by rank 0; an
+error on one rank alone is printed by that rank ("amnp: error: rank R of P: ...") and ends
+the whole job (MPI_Abort) with the exit code above.  A stop signal on any rank stops every
+rank after the same step, with one checkpoint, and every rank exits 128 + its number.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -40,6 +48,7 @@ from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
 from .config import LOSSES, OptionError, TrainConfig, read_config
+from .distributed import SingleProcess
 from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
@@ -124,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    train.add_argument("--distributed", action="store_true",
+                       help="train on the ranks of the MPI job: mpiexec -n P python -m mpi4py -m amnp train "
+                            "--distributed ...; --batch-size is the global batch (needs mpi4py: pip install "
+                            "\"amnp[dist]\")")
+    train.add_argument("--sharded-head", action="store_true",
+                       help="with --distributed: each rank holds a slice of the margin head's classes")
 
     evaluate_cmd = commands.add_parser(
         "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree",
@@ -335,7 +350,7 @@ def report(run_dir: str, net, dataset, seed: int) -> dict:
     return metrics
 
 
-RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval")
+RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval", "--distributed", "--sharded-head")
 
 
 def options_written(argv, allowed) -> list[str]:
@@ -351,7 +366,8 @@ def train_command(args) -> int:
         if ignored:
             raise UsageError(
                 f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
-                f"cannot apply; on resume only --backend, --stop-at and --no-eval do")
+                f"cannot apply; on resume only --backend, --stop-at, --no-eval, --distributed and "
+                f"--sharded-head do")
         config = read_config(args.resume)
         if args.backend is not None:
             config.backend = args.backend
@@ -361,39 +377,69 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    with rundir.hold(run_dir, "training"):  # before anything is read or written there
-        if args.resume is None:
+    comm = args.comm = communicator(args, config)
+    run_dir = comm.broadcast_object(run_dir)  # rank 0's: a default name holds the time
+    writer = comm.rank == 0
+    # rank 0 alone holds the directory, before anything is read or written there
+    with rundir.hold(run_dir, "training") if writer else contextlib.nullcontext():
+        if args.resume is None and writer:
             refuse_existing_run(run_dir)
-        dataset = open_dataset(config)
-        trainer = Trainer(config, dataset, run_dir)
+        dataset = open_dataset_in_turn(comm, config)
+        trainer = Trainer(config, dataset, run_dir, comm=comm, sharded_head=args.sharded_head)
         if args.resume is not None:
             trainer.resume()
-            print(f"resuming {run_dir} at step {trainer.step} of {trainer.total_steps}")
+            if writer:
+                print(f"resuming {run_dir} at step {trainer.step} of {trainer.total_steps}")
         else:
             trainer.start()
         return train_held(args, trainer, dataset)
 
 
+def communicator(args, config: TrainConfig):
+    """The ranks to train on: the MPI job's with --distributed (on NumPy), else this process."""
+    if not args.distributed:
+        if args.sharded_head:
+            raise UsageError("--sharded-head splits the head's classes over the ranks of --distributed")
+        return SingleProcess()
+    if config.backend != "numpy":
+        raise UsageError(f"--distributed trains on numpy (MPI moves host memory), not {config.backend}; "
+                         "NCCL on GPUs is not yet wired into amnp train")
+    from .distributed.mpi import MPICommunicator  # imports mpi4py, which only --distributed needs
+    return MPICommunicator()
+
+
+def open_dataset_in_turn(comm, config: TrainConfig):
+    """open_dataset on every rank, rank 0 first: a folder is decoded into the dataset cache
+    once, by rank 0, and the other ranks read it from there."""
+    if comm.rank == 0:
+        dataset = open_dataset(config)
+    comm.barrier()
+    return dataset if comm.rank == 0 else open_dataset(config)
+
+
 def train_held(args, trainer: Trainer, dataset) -> int:
     """Train the started or resumed run of ``trainer``, whose directory the caller holds,
     and evaluate it at the end."""
-    config, run_dir = trainer.config, trainer.out_dir
+    config, run_dir, comm = trainer.config, trainer.out_dir, trainer.comm
+    say = print if trainer.writer else lambda *args, **kwargs: None
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
-    print(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
-          f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
-          f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}; run directory {run_dir}")
+    ranks = (f" on {comm.size} ranks{' with the head sharded' if args.sharded_head else ''}"
+             if args.distributed else "")
+    say(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
+        f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
+        f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}{ranks}; run directory {run_dir}")
     first_step, started = trainer.step, time.perf_counter()
     status = trainer.train(stop_at=args.stop_at)
     seconds = time.perf_counter() - started
     images = (trainer.step - first_step) * config.batch_size
-    print(f"{status} at step {trainer.step} after {seconds:.0f} s "
-          f"({images / max(seconds, 1e-9):.0f} images/s over this run)")
+    say(f"{status} at step {trainer.step} after {seconds:.0f} s "
+        f"({images / max(seconds, 1e-9):.0f} images/s over this run)")
     if status != "finished":
-        print(f"checkpoint saved; continue with: amnp train --resume {run_dir}", flush=True)
+        say(f"checkpoint saved; continue with: amnp train --resume {run_dir}", flush=True)
         if status == "interrupted":
-            raise Interrupted(trainer.stopped_by)
+            raise Interrupted(trainer.stopped_by, every_rank=comm.size > 1)
         return 0
-    if not args.no_eval:
+    if not args.no_eval and trainer.writer:
         report(run_dir, trainer.model.net, dataset, config.seed)
     return 0
 
@@ -590,6 +636,30 @@ def raise_interrupted(signum: int):
     raise Interrupted(signum)
 
 
+# How long a rank other than 0 waits before printing its error and ending the job: an error
+# that every rank meets (a bad option) ends the job through rank 0 first, printed once.
+RANK_ERROR_GRACE_S = 1.0
+
+
+def fail(args, code: int, line: str, every_rank: bool = False) -> int:
+    """Print ``line`` to stderr and return ``code``; on a rank of several, end the whole job
+    unless ``every_rank`` met the same end at the same point (then rank 0 alone prints)."""
+    comm = getattr(args, "comm", None)
+    if comm is None or comm.size == 1:
+        print(line, file=sys.stderr)
+        return code
+    if every_rank:
+        if comm.rank == 0:
+            print(line, file=sys.stderr)
+        return code
+    if comm.rank != 0:
+        time.sleep(RANK_ERROR_GRACE_S)
+        line = line.replace("amnp: error: ", f"amnp: error: rank {comm.rank} of {comm.size}: ", 1)
+    print(line, file=sys.stderr, flush=True)
+    comm.abort(code)
+    return code  # not reached: the job has ended
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -599,19 +669,17 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = plain_warning
             return COMMANDS[args.command](args)
-    except TrainingDiverged as exc:
-        print(f"amnp: error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
+    except TrainingDiverged as exc:  # read from the all-reduced losses: every rank raises it
+        return fail(args, EXIT_DIVERGED, f"amnp: error: {exc}", every_rank=True)
     except (UsageError, checkpoint.CheckpointError, ValueError, TypeError, RuntimeError, OSError,
             MemoryError) as exc:
         if os.environ.get("AMNP_DEBUG"):  # developers want the traceback
             raise
         where = exhausted_memory(exc)
-        print(f"amnp: error: {out_of_memory(args, where, exc) if where else exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(args, EXIT_BAD_INPUT, f"amnp: error: {out_of_memory(args, where, exc) if where else exc}")
     except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C where SIGINT has no Python handler
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        print(f"amnp: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-        return 128 + signum
+        return fail(args, 128 + signum, f"amnp: interrupted by {signal.Signals(signum).name}",
+                    every_rank=getattr(exc, "every_rank", False))
     finally:
         restore_signal_handlers()

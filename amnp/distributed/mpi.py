@@ -59,6 +59,11 @@ class MPICommunicator(Communicator):
     def barrier(self) -> None:
         self.comm.Barrier()
 
+    def abort(self, code: int) -> None:
+        """End every process of the job at once, mpiexec exiting with ``code`` (MPI_Abort):
+        a rank that leaves alone would leave the others waiting in their next collective."""
+        self.comm.Abort(code)
+
     def all_gather_sizes(self, n: int) -> list[int]:
         return [int(v) for v in self.comm.allgather(int(n))]
 
