@@ -361,6 +361,7 @@ def options_written(argv, allowed) -> list[str]:
 
 
 def train_command(args) -> int:
+    args.comm = communicator(args)
     if args.resume is not None:
         ignored = options_written(args.argv, RESUME_OPTIONS)
         if ignored:
@@ -377,7 +378,10 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    comm = args.comm = communicator(args, config)
+    comm = args.comm
+    if args.distributed and config.backend != "numpy":
+        raise UsageError(f"--distributed trains on numpy (MPI moves host memory), not {config.backend}; "
+                         "NCCL on GPUs is not yet wired into amnp train")
     run_dir = comm.broadcast_object(run_dir)  # rank 0's: a default name holds the time
     writer = comm.rank == 0
     # rank 0 alone holds the directory, before anything is read or written there
@@ -395,15 +399,12 @@ def train_command(args) -> int:
         return train_held(args, trainer, dataset)
 
 
-def communicator(args, config: TrainConfig):
-    """The ranks to train on: the MPI job's with --distributed (on NumPy), else this process."""
+def communicator(args):
+    """The ranks to train on: the MPI job's with --distributed, else this process."""
     if not args.distributed:
         if args.sharded_head:
             raise UsageError("--sharded-head splits the head's classes over the ranks of --distributed")
         return SingleProcess()
-    if config.backend != "numpy":
-        raise UsageError(f"--distributed trains on numpy (MPI moves host memory), not {config.backend}; "
-                         "NCCL on GPUs is not yet wired into amnp train")
     from .distributed.mpi import MPICommunicator  # imports mpi4py, which only --distributed needs
     return MPICommunicator()
 

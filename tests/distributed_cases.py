@@ -9,6 +9,7 @@ its own part of the distributed result with it; a mismatch raises AssertionError
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -215,6 +216,56 @@ def check_trap_as_if_right(comm):
     assert max(errors.values()) < 1e-9, (comm.size, errors)
 
 
+def trainer_errors(comm, sharded_head: bool, steps: int = 6) -> dict:
+    """amnp.training.Trainer in float64 on ``comm`` against the one-process Trainer: the
+    relative error of every parameter (a sharded head's: this rank's rows), of the logged
+    losses and, on rank 0, of the checkpoint, whose sharded head is gathered.  Also whether
+    this rank's replicated parameters are bit-identical to rank 0's ("identical")."""
+    import json
+    import shutil
+    import tempfile
+
+    from amnp import checkpoint
+    from amnp.training import Trainer
+    from tests.test_training import config, tiny_dataset
+
+    settings = config(iters=steps, batch_size=12, log_every=1)
+    runs = {}
+    for name, on in (("one", None), ("ranks", comm)):
+        out = tempfile.mkdtemp(prefix="amnp-trainer-")
+        try:
+            trainer = Trainer(settings, tiny_dataset(num_classes=7, mirror=True), out, progress=False,
+                              comm=on, sharded_head=sharded_head and on is not None, dtype=np.float64)
+            trainer.start()
+            assert trainer.train() == "finished"
+            written = trainer.writer
+            losses = ([json.loads(line)["loss"] for line in open(f"{out}/metrics.jsonl")] if written else None)
+            saved = checkpoint.read(f"{out}/checkpoint.npz")[0] if written else None
+            runs[name] = (trainer.model.state_dict(), losses, saved)
+        finally:
+            shutil.rmtree(out)
+    (expected, expected_losses, expected_saved), (state, losses, saved) = runs["one"], runs["ranks"]
+    if sharded_head:
+        rows = slice(*class_range(7, comm.size, comm.rank))
+        expected = dict(expected, **{"head.classifier.weight": expected["head.classifier.weight"][rows]})
+    errors = {name: relative_error(value, expected[name]) for name, value in state.items()}
+    if comm.rank == 0:
+        errors["losses"] = relative_error(losses, expected_losses)
+        assert saved.keys() == expected_saved.keys()
+        errors["checkpoint"] = max(relative_error(saved[k], expected_saved[k]) for k in saved)
+    replicated = [name for name in state if not (sharded_head and name.startswith("head."))]
+    flat = np.concatenate([state[name].ravel() for name in replicated])
+    errors["identical"] = float(not np.array_equal(comm.broadcast(flat.copy(), root=0), flat))
+    return errors
+
+
+def check_trainer(comm):
+    for sharded_head in (False, True):
+        errors = trainer_errors(comm, sharded_head)
+        assert errors.pop("identical") == 0, (comm.size, sharded_head, "parameters differ between ranks")
+        assert max(errors.values()) < 1e-12, (comm.size, sharded_head, errors)
+
+
 def check_collectives(comm):
     """Each collective against its definition, with uneven row counts (one rank may have none)."""
     sizes = [(2 * r + 1) % 4 for r in range(comm.size)]  # 1, 3, 1 / 1, 3 / 1
@@ -246,10 +297,13 @@ def check_mpi_refuses_device_arrays(comm):
 
 CASES = {"sharded_head": check_sharded_head, "data_parallel": check_data_parallel,
          "training": check_training, "partial_fc": check_partial_fc, "collectives": check_collectives,
-         "mpi_errors": check_mpi_refuses_device_arrays, "trap_as_if_right": check_trap_as_if_right}
+         "mpi_errors": check_mpi_refuses_device_arrays, "trap_as_if_right": check_trap_as_if_right,
+         "trainer": check_trainer}
 
 
 def main(names):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.*
+
     from amnp.distributed.mpi import MPICommunicator
 
     comm = MPICommunicator()

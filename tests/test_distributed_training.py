@@ -1,0 +1,157 @@
+"""``amnp train --distributed`` with real processes under ``mpiexec`` (issue 16, items 2-4).
+
+The exactness runs the Trainer itself in float64 (tests/distributed_cases.py "trainer"); the
+command's promises run the real command line on the tests' tiny dataset
+(tests/distributed_cli.py).  Each ``mpiexec`` runs under a timeout, so a job that hangs fails
+the test; without mpi4py or mpiexec the tests skip with the reason.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from .test_distributed import ROOT, mpi_missing, mpiexec
+
+TRAIN = ("tests/distributed_cli.py", "train")
+GLOBAL_BATCH = ("--batch-size", "12")
+
+
+def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False):
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI test skipped: {reason}")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "mpi4py", *TRAIN, "--distributed",
+                           *([] if "--resume" in arguments else GLOBAL_BATCH), *arguments,
+                           *([] if evaluate else ["--no-eval"])], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def one_process(*arguments):
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *TRAIN, *GLOBAL_BATCH, "--no-eval", *arguments], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def saved(run_dir):
+    with np.load(os.path.join(run_dir, "checkpoint.npz"), allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files if key != "meta"}, json.loads(str(archive["meta"]))
+
+
+def logged_steps(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as file:
+        return [json.loads(line)["step"] for line in file]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_trainer_on_ranks_matches_one_process_to_1e_12_with_bit_identical_ranks(ranks):
+    """float64, replicated and sharded head: every parameter, the logged losses and the
+    checkpoint against the one-process Trainer; the replicated parameters equal on all ranks."""
+    result = mpiexec(ranks, "tests/distributed_cases.py", "trainer")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(re.findall(r"rank \d+ of \d+: trainer ok", result.stdout)) == ranks
+
+
+def test_the_command_on_2_ranks_trains_as_one_process_and_resumes_on_any_number_of_ranks(tmp_path):
+    whole, single, part = tmp_path / "whole", tmp_path / "single", tmp_path / "part"
+    result = amnp_ranks(2, "--iters", "8", "--out", str(whole))
+    assert result.returncode == 0, result.stderr
+    # rank 0 alone prints and writes: one line each, one record per logged step
+    assert result.stdout.count("training small with am-softmax") == 1 and "on 2 ranks" in result.stdout
+    assert result.stdout.count("finished at step 8") == 1
+    assert logged_steps(whole) == [8]
+    assert one_process("--iters", "8", "--out", str(single)).returncode == 0
+    ranks_state, meta = saved(whole)
+    one_state, _ = saved(single)
+    assert meta["step"] == 8 and ranks_state.keys() == one_state.keys()
+    for name, value in one_state.items():  # float32: the sums' order differs, not more
+        np.testing.assert_allclose(ranks_state[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+    # stopped at step 4 and resumed on the same 2 ranks: bit-exact
+    assert amnp_ranks(2, "--iters", "8", "--stop-at", "4", "--out", str(part)).returncode == 0
+    assert saved(part)[1]["step"] == 4
+    resumed = amnp_ranks(2, "--resume", str(part))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    for name, value in ranks_state.items():
+        assert np.array_equal(saved(part)[0][name], value), name
+
+    # the checkpoint's layout does not depend on P: resumed on 3 ranks with the head sharded
+    other = tmp_path / "other"
+    assert amnp_ranks(2, "--iters", "8", "--stop-at", "4", "--out", str(other)).returncode == 0
+    resumed = amnp_ranks(3, "--resume", str(other), "--sharded-head")
+    assert resumed.returncode == 0, resumed.stderr
+    for name, value in ranks_state.items():
+        np.testing.assert_allclose(saved(other)[0][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_the_command_with_a_sharded_head_trains_and_evaluates(tmp_path):
+    out = tmp_path / "sharded"
+    result = amnp_ranks(2, "--iters", "6", "--sharded-head", "--out", str(out), evaluate=True)
+    assert result.returncode == 0, result.stderr
+    assert "with the head sharded" in result.stdout and result.stdout.count("held-out verification accuracy") == 1
+    assert os.path.isfile(out / "eval.json") and os.path.isfile(out / "figures" / "training_curves.png")
+    state, _ = saved(out)
+    assert state["param/head.classifier.weight"].shape == (7, 128)  # gathered: every class
+
+
+def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_once(tmp_path):
+    result = amnp_ranks(3, "--iters", "4", "--batch-size", "8", "--out", str(tmp_path / "run"))  # the last one wins
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("amnp:")]
+    assert lines == ["amnp: error: batch-size 8 is the global batch, split evenly over the 3 ranks, which do "
+                     "not divide it: choose a multiple of 3"]
+
+
+def test_a_rank_that_raises_ends_the_whole_job_within_seconds(tmp_path):
+    started = time.monotonic()
+    result = amnp_ranks(2, "--iters", "1000", "--out", str(tmp_path / "run"), env={"AMNP_TEST_RAISE": "1:3"},
+                        timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "amnp: error: rank 1 of 2: injected failure on rank 1 at step 3" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    run_dir = tmp_path / "run"
+    result = amnp_ranks(2, "--iters", "1000", "--out", str(run_dir), env={"AMNP_TEST_NAN": "1:5"}, timeout=60)
+    assert result.returncode == 3, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("amnp:")]
+    assert len(lines) == 1 and lines[0].startswith("amnp: error: training diverged at step 5: the loss is nan")
+    assert saved(run_dir)[1]["step"] == 0  # the last good checkpoint, untouched
+
+
+@pytest.mark.parametrize("target", ["rank 1", "mpiexec"])
+def test_sigterm_on_any_rank_saves_once_and_stops_every_rank(tmp_path, target):
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI test skipped: {reason}")
+    run_dir, pids = tmp_path / "run", tmp_path / "pids"
+    pids.mkdir()
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", AMNP_TEST_PIDS=str(pids))
+    job = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *TRAIN, "--distributed",
+                            "--no-eval", *GLOBAL_BATCH, "--iters", "100000", "--out", str(run_dir)], cwd=ROOT, env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "metrics.jsonl").exists():  # training has begun on every rank
+            assert time.monotonic() < deadline and job.poll() is None, job.communicate()
+            time.sleep(0.1)
+        victim = int((pids / "rank1.pid").read_text()) if target == "rank 1" else job.pid
+        os.kill(victim, signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert stdout.count("checkpoint saved; continue with") == 1
+    assert [line for line in stderr.splitlines() if line.startswith("amnp:")] == ["amnp: interrupted by SIGTERM"]
+    step = saved(run_dir)[1]["step"]
+    assert step >= 20 and logged_steps(run_dir) == sorted(set(logged_steps(run_dir)))
+    resumed = amnp_ranks(2, "--resume", str(run_dir), "--stop-at", str(step + 2))
+    assert resumed.returncode == 0, resumed.stderr
+    assert saved(run_dir)[1]["step"] == step + 2
