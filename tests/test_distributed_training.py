@@ -22,12 +22,13 @@ TRAIN = ("tests/distributed_cli.py", "train")
 GLOBAL_BATCH = ("--batch-size", "12")
 
 
-def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False):
+def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False, mpi4py_runner=True):
     reason = mpi_missing()
     if reason:
         pytest.skip(f"MPI test skipped: {reason}")
     environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "mpi4py", *TRAIN, "--distributed",
+    runner = ["-m", "mpi4py"] if mpi4py_runner else []
+    return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, *runner, *TRAIN, "--distributed",
                            *([] if "--resume" in arguments else GLOBAL_BATCH), *arguments,
                            *([] if evaluate else ["--no-eval"])], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
 
@@ -108,10 +109,13 @@ def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_once(tmp_path):
                      "not divide it: choose a multiple of 3"]
 
 
-def test_a_rank_that_raises_ends_the_whole_job_within_seconds(tmp_path):
+@pytest.mark.parametrize("mpi4py_runner", [True, False], ids=["python -m mpi4py", "python"])
+def test_a_rank_that_raises_ends_the_whole_job_within_seconds(tmp_path, mpi4py_runner):
+    """Also without ``-m mpi4py`` (whose runner aborts the job on a non-zero exit): amnp ends
+    the job itself (MPI_Abort), where a rank's plain exit would leave the other waiting."""
     started = time.monotonic()
     result = amnp_ranks(2, "--iters", "1000", "--out", str(tmp_path / "run"), env={"AMNP_TEST_RAISE": "1:3"},
-                        timeout=60)
+                        timeout=60, mpi4py_runner=mpi4py_runner)
     assert result.returncode == 1, result.stderr
     assert "amnp: error: rank 1 of 2: injected failure on rank 1 at step 3" in result.stderr
     assert time.monotonic() - started < 30
