@@ -6,7 +6,7 @@ all-reduce, and a class-sharded margin head (docs/distributed.md).
     from amnp.distributed.nccl import NCCLCommunicator     # CuPy with NCCL, one GPU per rank
 
 Importing this package imports neither mpi4py nor CuPy; the communicators that need them
-import them when made.  Not yet wired into ``amnp train``.
+import them when made.  ``amnp train --distributed`` trains with them (amnp.training).
 """
 from .communicator import Communicator, SimulatedCommunicator, SimulatedWorld, SingleProcess, run_simulated
 from .gradients import all_reduce_gradients
