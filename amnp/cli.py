@@ -640,6 +640,7 @@ def raise_interrupted(signum: int):
 # How long a rank other than 0 waits before printing its error and ending the job: an error
 # that every rank meets (a bad option) ends the job through rank 0 first, printed once.
 RANK_ERROR_GRACE_S = 1.0
+RANK_OUTPUT_DRAIN_S = 0.5
 
 
 def fail(args, code: int, line: str, every_rank: bool = False) -> int:
@@ -657,6 +658,7 @@ def fail(args, code: int, line: str, every_rank: bool = False) -> int:
         time.sleep(RANK_ERROR_GRACE_S)
         line = line.replace("amnp: error: ", f"amnp: error: rank {comm.rank} of {comm.size}: ", 1)
     print(line, file=sys.stderr, flush=True)
+    time.sleep(RANK_OUTPUT_DRAIN_S)  # mpiexec relays the line through its proxy, which the abort ends
     comm.abort(code)
     return code  # not reached: the job has ended
 
