@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
                        help="continue the run in DIR with its saved settings (only --backend, "
-                            "--stop-at and --no-eval still apply)")
+                            "--stop-at, --no-eval, --distributed and --sharded-head still apply)")
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")

@@ -131,7 +131,8 @@ def mismatched_tree(base):
      "chosen on features with mirror fusion; drop --no-mirror"),
     (["verify", "{run}", "{lfw}/Aa_A/Aa_A_0001.jpg", "{other}/Aa_A/Aa_A_0001.jpg"], "pass --image-size 16,16"),
     (["train", "--resume", "{run}", "--iters", "3", "--lr", "1", "--no-eval"],
-     "so --iters, --lr cannot apply; on resume only --backend, --stop-at and --no-eval do"),
+     "so --iters, --lr cannot apply; on resume only --backend, --stop-at, --no-eval, --distributed and "
+     "--sharded-head do"),
     (["train", "--resume", "{run}", "--m", "0.2", "--no-feature-normalization", "--margins", "1,0,0"],
      "so --m, --margins, --no-feature-normalization cannot apply"),
     (["train", "--resume", "{run}", "--lr", "0.1", "--loss", "am-softmax", "--seed=0"],
