@@ -21,7 +21,7 @@ import numpy as np
 
 from . import checkpoint, data, figures
 from .backend import get_backend, set_backend
-from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
+from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, parse_entry, parse_seeds
 from .functional import l2_normalize_forward
 from .heads import LOSSES
 from .run import load_run, read_config
@@ -146,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"passes over the data for each run (default {DEFAULT_EPOCHS:g})")
     compare_length.add_argument("--iters", type=int, default=None, help="number of SGD steps of each run")
     compare_cmd.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    compare_cmd.add_argument("--seed", type=int, default=0)
+    compare_cmd.add_argument("--seeds", "--seed", default=",".join(map(str, DEFAULT_SEEDS)), metavar="LIST",
+                             help="comma-separated seeds; each trains every loss on its own data, "
+                                  "initialisation and batches")
+    compare_cmd.add_argument("--reference", default=None, metavar="ENTRY",
+                             help="the loss the others are compared with, seed by seed "
+                                  "(default am-softmax if compared, else the first)")
     compare_cmd.add_argument("--backend", default=None,
                              help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
 
@@ -162,15 +167,16 @@ def compare_command(args) -> int:
         raise UsageError("--losses names no loss")
     if len({entry.name for entry in entries}) < len(entries):
         raise UsageError(f"--losses names an entry twice: {args.losses}")
+    seeds = parse_seeds(args.seeds)
     base = TrainConfig(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, iters=args.iters,
-                       batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+                       batch_size=args.batch_size, seed=seeds[0], backend=args.backend)
     if args.iters is not None:
         base.epochs = None
     base.validate()
     choose_backend(base)
-    dataset = open_dataset(base.dataset, base.seed)
-    print(f"comparing {len(entries)} losses on {dataset.name} in {args.out}")
-    table = compare(entries, base, dataset, args.out)
+    print(f"comparing {len(entries)} losses at {len(seeds)} seed(s) on {base.dataset} in {args.out}")
+    table = compare(entries, base, lambda seed: open_dataset(base.dataset, seed), args.out, seeds=seeds,
+                    reference=args.reference)
     if table is None:
         print(f"interrupted; finished runs are kept, continue with: amnp compare --out {args.out} "
               "(and the same options)")
@@ -265,17 +271,44 @@ def new_run_dir(config: TrainConfig, out: str | None) -> str:
 
 def summary(metrics: dict) -> str:
     """One line; the protocol's real size is in it (folds, pairs, and whether folds share
-    identities), so a small protocol never reads like LFW's."""
-    tar = metrics["tar_at_far"]
+    identities), so a small protocol never reads like LFW's; each number is followed by
+    its 95% bootstrap interval over identities."""
+    tar, ci = metrics["tar_at_far"], metrics["intervals"]
     folds = f"{metrics['num_folds']} folds" + (" sharing identities" if metrics["folds_share_identities"] else "")
-    line = (f"held-out verification accuracy {100 * metrics['verification_accuracy']:.2f}% "
+    line = (f"held-out verification accuracy {percent(metrics['verification_accuracy'], ci['verification_accuracy'])} "
             f"± {100 * metrics['verification_accuracy_std']:.2f} ({folds}, {metrics['num_pairs']} pairs); "
-            f"TAR@FAR=1e-2 {100 * tar['1e-2']:.2f}%, TAR@FAR=1e-3 {100 * tar['1e-3']:.2f}%; "
-            f"EER {100 * metrics['eer']:.2f}%; identification top-1 {100 * metrics['identification_top1']:.2f}%")
+            f"TAR@FAR=1e-2 {percent(tar['1e-2'], ci['tar_at_far']['1e-2'])}, "
+            f"TAR@FAR=1e-3 {percent(tar['1e-3'], ci['tar_at_far']['1e-3'])}; "
+            f"EER {percent(metrics['eer'], ci['eer'])}; "
+            f"identification top-1 {percent(metrics['identification_top1'], ci['identification_top1'])}")
     impostors, allowed = metrics["open_set_impostor_probes"], metrics["dir_impostors_allowed"]["1e-2"]
     resolution = (f"{allowed} of {impostors} impostor probes may pass" if allowed else
                   f"only {impostors} impostor probes, so this is FAR=0")
-    return line + f"; DIR@FAR=1e-2 {100 * metrics['dir_at_far']['1e-2']:.2f}% ({resolution})"
+    line += f"; DIR@FAR=1e-2 {percent(metrics['dir_at_far']['1e-2'], ci['dir_at_far']['1e-2'])} ({resolution})"
+    return line + "; " + all_pairs_summary(metrics["all_pairs"])
+
+
+def all_pairs_summary(all_pairs: dict) -> str:
+    """All-pairs TAR@FAR and EER with intervals; a FAR that lets no impostor pass is
+    named as unresolved."""
+    tar, ci, allowed = all_pairs["tar_at_far"], all_pairs["intervals"], all_pairs["impostors_allowed"]
+    resolved = [far for far in tar if allowed[far] > 0]
+    unresolved = [far for far in tar if allowed[far] == 0]
+    text = (f"all {all_pairs['num_genuine_pairs']} genuine and {all_pairs['num_impostor_pairs']} impostor pairs of "
+            f"{all_pairs['num_images']} images: "
+            + ", ".join(f"TAR@FAR={far} {percent(tar[far], ci['tar_at_far'][far])}" for far in resolved)
+            + (", " if resolved else "") + f"EER {percent(all_pairs['eer'], ci['eer'])}")
+    if unresolved:
+        text += (f" (FAR={', '.join(unresolved)} not resolved: "
+                 f"{all_pairs['num_impostor_pairs']} impostor pairs)")
+    return text + " [95% intervals: bootstrap over identities]"
+
+
+def percent(value: float, interval) -> str:
+    """"95.90% [95.12, 96.58]" (the interval in brackets, when there is one)."""
+    if interval is None:
+        return f"{100 * value:.2f}%"
+    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def sample_indices(labels, identities=8, per_identity=8):

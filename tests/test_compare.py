@@ -37,7 +37,7 @@ def test_entries_parse_and_refuse_what_a_loss_does_not_take():
 
 def test_compare_writes_the_table_and_figures_and_skips_finished_runs(tmp_path, tiny, capsys):
     out = tmp_path / "cmp"
-    arguments = ["compare", "--out", str(out), "--iters", "3", "--batch-size", "8",
+    arguments = ["compare", "--out", str(out), "--iters", "3", "--batch-size", "8", "--seeds", "0",
                  "--losses", "softmax,am-softmax:m=0.3,sphereface"]
     assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
@@ -45,22 +45,24 @@ def test_compare_writes_the_table_and_figures_and_skips_finished_runs(tmp_path, 
     table = (out / "comparison.md").read_text()
     for title in ("| softmax |", "| am-softmax m=0.3 |", "| sphereface |"):
         assert title in table
-    assert "DIR@FAR=1e-2 (rank 1)" in table and "train time" in table
+    assert "DIR@FAR=1e-2 (rank 1)" in table and "TAR@FAR=1e-5 (all pairs)" in table and "train time" in table
+    assert "one seed: each interval is the 95% bootstrap interval" in table.lower()
     runs = json.loads((out / "comparison.json").read_text())["runs"]
     assert [r["steps"] for r in runs] == [3, 3, 3]
     assert all("dir_at_far" in r["metrics"] for r in runs)
     for name in ("roc.png", "target_logits.png", "features_on_sphere.png"):
         assert (out / "figures" / name).read_bytes()[:8] == PNG_MAGIC
-    checkpoints = {name: (out / name / "checkpoint.npz").read_bytes() for name in ("softmax", "sphereface")}
+    checkpoints = {name: (out / "seed-0" / name / "checkpoint.npz").read_bytes() for name in ("softmax", "sphereface")}
     assert cli.main(arguments) == 0
     assert printed.count("finished earlier") == 0
     assert capsys.readouterr().out.count("finished earlier") == 3
-    assert {name: (out / name / "checkpoint.npz").read_bytes() for name in checkpoints} == checkpoints
+    assert {name: (out / "seed-0" / name / "checkpoint.npz").read_bytes() for name in checkpoints} == checkpoints
 
 
 def test_compare_after_ctrl_c_keeps_finished_runs_and_continues(tmp_path, tiny, monkeypatch, capsys):
     out = tmp_path / "cmp"
-    arguments = ["compare", "--out", str(out), "--iters", "4", "--batch-size", "8", "--losses", "softmax,arcface"]
+    arguments = ["compare", "--out", str(out), "--iters", "4", "--batch-size", "8", "--seeds", "0",
+                 "--losses", "softmax,arcface"]
     step = Trainer.train_step
 
     def interrupted(self, t):
@@ -74,11 +76,11 @@ def test_compare_after_ctrl_c_keeps_finished_runs_and_continues(tmp_path, tiny, 
         assert cli.main(arguments) == cli.EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, handler_before)
-    assert (out / "softmax" / "eval.json").exists() and not (out / "comparison.md").exists()
+    assert (out / "seed-0" / "softmax" / "eval.json").exists() and not (out / "comparison.md").exists()
     monkeypatch.setattr(Trainer, "train_step", step)
     assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
-    assert "[1/2] softmax: finished earlier" in printed and "[2/2] arcface: steps 2 to 4" in printed
+    assert "[1/2] softmax, seed 0: finished earlier" in printed and "[2/2] arcface, seed 0: steps 2 to 4" in printed
 
 
 def test_compare_from_python_resumes_with_the_default_backend(tmp_path, monkeypatch):
@@ -86,14 +88,16 @@ def test_compare_from_python_resumes_with_the_default_backend(tmp_path, monkeypa
     monkeypatch.setattr(compare, "SPHERE_STEPS", 2)
     base = TrainConfig(iters=2, epochs=None, batch_size=8)
     entries = [parse_entry("softmax")]
-    first = compare.compare(entries, base, tiny_dataset(), str(tmp_path / "c"))
-    assert compare.compare(entries, base, tiny_dataset(), str(tmp_path / "c")) == first
+    first = compare.compare(entries, base, lambda seed: tiny_dataset(seed=seed), str(tmp_path / "c"))
+    assert compare.compare(entries, base, lambda seed: tiny_dataset(seed=seed), str(tmp_path / "c")) == first
 
 
 def test_compare_refuses_a_directory_of_other_settings(tmp_path, tiny, capsys):
     out = tmp_path / "cmp"
-    assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--losses", "softmax"]) == 0
-    assert cli.main(["compare", "--out", str(out), "--iters", "3", "--batch-size", "8", "--losses", "softmax"]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--seeds", "0",
+                     "--losses", "softmax"]) == 0
+    assert cli.main(["compare", "--out", str(out), "--iters", "3", "--batch-size", "8", "--seeds", "0",
+                     "--losses", "softmax"]) == cli.EXIT_BAD_INPUT
     assert "holds a run with other settings than this comparison's (iters)" in capsys.readouterr().err
     assert cli.main(["compare", "--out", str(out), "--losses", "softmax,softmax"]) == cli.EXIT_BAD_INPUT
     assert "names an entry twice" in capsys.readouterr().err
