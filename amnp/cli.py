@@ -25,6 +25,7 @@ from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, pa
 from .functional import l2_normalize_forward
 from .heads import LOSSES
 from .run import load_run, read_config
+from .statistics import all_pairs_with_intervals
 from .training import (TrainConfig, Trainer, TrainingDiverged, embed, evaluate, held_out_metrics,
                        parse_dataset_spec, read_metrics)
 
@@ -115,8 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="LFW-style pairs.txt (its folds); needs --images")
     evaluate_cmd.add_argument("--images", metavar="ROOT", default=None,
                               help="LFW-layout image tree ROOT/<name>/<name>_0001.jpg; needs --pairs")
+    evaluate_cmd.add_argument("--all-pairs", action="store_true",
+                              help="with --images ROOT (an identity-folder tree, no --pairs): TAR@FAR and "
+                                   "EER over every pair of its images, with bootstrap intervals")
     evaluate_cmd.add_argument("--out", metavar="FILE", default=None,
-                              help="with --pairs: the JSON to write (default DIR/eval-<name of ROOT>.json)")
+                              help="with --pairs or --all-pairs: the JSON to write (default "
+                                   "DIR/eval-<name of ROOT>.json, DIR/eval-all-pairs-<name of ROOT>.json)")
     add_image_options(evaluate_cmd, "the images")
     evaluate_cmd.set_defaults(parser=evaluate_cmd)
 
@@ -419,6 +424,8 @@ def features(net, images_uint8, mirror: bool) -> np.ndarray:
 
 
 def eval_command(args) -> int:
+    if args.all_pairs:
+        return eval_all_pairs(args)
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
@@ -440,6 +447,28 @@ def eval_command(args) -> int:
     with open(out, "w") as file:
         json.dump(metrics, file, indent=2)
     print(summary(metrics))
+    print(f"results in {out}")
+    return 0
+
+
+def eval_all_pairs(args) -> int:
+    """Every pair of images of an identity-folder tree, scored with the run's network."""
+    if args.images is None or args.pairs is not None:
+        raise UsageError("--all-pairs takes --images ROOT (ROOT/<identity>/<image>) and no --pairs: "
+                         "every pair of its images is scored")
+    run = open_run(args)
+    image_size, grayscale, mirror = image_options(args, run)
+    out = args.out or os.path.join(args.run_dir, f"eval-all-pairs-{Path(args.images).resolve().name}.json")
+    folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
+    check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
+    print(f"evaluating {args.run_dir} at step {run.step} on every pair of {len(folder.labels)} images of "
+          f"{len(folder.class_names)} identities under {args.images}{', mirror-fused' if mirror else ''}")
+    metrics = all_pairs_with_intervals(features(run.net, folder.images, mirror), folder.labels,
+                                       run.config.seed)
+    metrics["mirror_fused"] = bool(mirror)
+    with open(out, "w") as file:
+        json.dump(metrics, file, indent=2)
+    print(all_pairs_summary(metrics))
     print(f"results in {out}")
     return 0
 

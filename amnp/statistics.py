@@ -43,6 +43,7 @@ __all__ = [
     "RESAMPLES",
     "ALL_PAIRS_RESAMPLES",
     "evaluate_with_intervals",
+    "all_pairs_with_intervals",
     "identity_resamples",
     "percentile_interval",
     "held_out_intervals",
@@ -64,27 +65,34 @@ def evaluate_with_intervals(emb, labels, pairs, pair_same, pair_fold, gallery, p
     """:func:`amnp.evaluation.evaluate_verification`, plus all-pairs verification and a
     bootstrap interval for every headline metric.
 
-    Adds to its metrics ``all_pairs`` (:func:`amnp.evaluation.all_pairs_verification`
-    with ``intervals`` inside), ``intervals`` (:func:`held_out_intervals`) and
-    ``bootstrap`` (unit, confidence, resamples, seed, seconds).  The resamples are drawn
-    with the seeds ``[seed, 6]`` (held-out metrics) and ``[seed, 7]`` (all pairs), so
-    every network evaluated on the same images is resampled the same way.
+    Adds to its metrics ``intervals`` (:func:`held_out_intervals`), ``bootstrap`` (unit,
+    confidence, resamples, seed, seconds) and ``all_pairs`` (:func:`all_pairs_with_intervals`).
+    The resamples are drawn with the seeds ``[seed, 6]`` (held-out metrics) and
+    ``[seed, 7]`` (all pairs), so every network evaluated on the same images is
+    resampled the same way.
     """
     metrics, scores = evaluate_verification(emb, labels, pairs, pair_same, pair_fold, gallery, probes,
                                             fars=fars, open_set=open_set, dir_fars=dir_fars)
-    all_pairs, score_set = all_pairs_verification(emb, labels, all_pairs_fars)
     started = time.perf_counter()
     metrics["intervals"] = held_out_intervals(
         emb, labels, pairs, pair_same, pair_fold, metrics["fold_thresholds"], gallery, probes,
         open_set=open_set, fars=fars, dir_fars=dir_fars, seed=[seed, 6])
-    held_out_seconds = time.perf_counter() - started
-    all_pairs["intervals"] = all_pairs_intervals(score_set, all_pairs_fars, seed=[seed, 7])
-    metrics["all_pairs"] = all_pairs
     metrics["bootstrap"] = {"unit": "identity", "confidence": CONFIDENCE, "resamples": RESAMPLES,
-                            "all_pairs_resamples": ALL_PAIRS_RESAMPLES, "seed": seed,
-                            "seconds": held_out_seconds + all_pairs["intervals"].pop("seconds")}
-    del all_pairs["intervals"]["resamples"]
+                            "seed": [seed, 6], "seconds": time.perf_counter() - started}
+    metrics["all_pairs"] = all_pairs_with_intervals(emb, labels, seed, all_pairs_fars)
     return metrics, scores
+
+
+def all_pairs_with_intervals(emb, labels, seed=0, fars: Sequence[float] = ALL_PAIRS_FARS) -> dict:
+    """:func:`amnp.evaluation.all_pairs_verification`'s metrics, with ``intervals``
+    (:func:`all_pairs_intervals`, resamples drawn with the seed ``[seed, 7]``) and
+    ``bootstrap`` (unit, confidence, resamples, seed, seconds) added."""
+    metrics, score_set = all_pairs_verification(emb, labels, fars)
+    started = time.perf_counter()
+    metrics["intervals"] = all_pairs_intervals(score_set, fars, seed=[seed, 7])
+    metrics["bootstrap"] = {"unit": "identity", "confidence": CONFIDENCE, "resamples": ALL_PAIRS_RESAMPLES,
+                            "seed": [seed, 7], "seconds": time.perf_counter() - started}
+    return metrics
 
 
 def identity_resamples(num_identities: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -195,14 +203,12 @@ def _dir_replicates(emb, labels, identity, gallery, probes, dir_fars, weights) -
 def all_pairs_intervals(score_set: ScoreSet, fars: Sequence[float], seed=0,
                         resamples: int = ALL_PAIRS_RESAMPLES, confidence: float = CONFIDENCE) -> dict:
     """Bootstrap intervals (over identities) of all-pairs TAR@FAR and EER:
-    ``{"tar_at_far": {far_key: [lo, hi]}, "eer": [lo, hi], "resamples": B, "seconds": s}``."""
-    started = time.perf_counter()
+    ``{"tar_at_far": {far_key: [lo, hi]}, "eer": [lo, hi]}``."""
     weights = identity_resamples(score_set.num_identities, resamples, np.random.default_rng(seed))
     tars, eers = _score_set_replicates(score_set, fars, weights)
     return {"tar_at_far": {far_key(far): percentile_interval(tars[:, k], confidence)
                            for k, far in enumerate(fars)},
-            "eer": percentile_interval(eers, confidence),
-            "resamples": int(resamples), "seconds": time.perf_counter() - started}
+            "eer": percentile_interval(eers, confidence)}
 
 
 # ---------------------------------------------------------------------- over seeds

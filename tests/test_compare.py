@@ -101,3 +101,56 @@ def test_compare_refuses_a_directory_of_other_settings(tmp_path, tiny, capsys):
     assert "holds a run with other settings than this comparison's (iters)" in capsys.readouterr().err
     assert cli.main(["compare", "--out", str(out), "--losses", "softmax,softmax"]) == cli.EXIT_BAD_INPUT
     assert "names an entry twice" in capsys.readouterr().err
+
+
+def test_more_seeds_reuse_the_finished_runs_and_give_paired_verdicts(tmp_path, tiny, capsys):
+    out = tmp_path / "cmp"
+    common = ["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--losses", "softmax,am-softmax"]
+    assert cli.main(common + ["--seeds", "0"]) == 0
+    checkpoint = (out / "seed-0" / "softmax" / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.main(common + ["--seeds", "0,1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/6] softmax, seed 0: finished earlier" in printed and "[3/6] softmax, seed 1: steps 0 to 2" in printed
+    assert (out / "seed-0" / "softmax" / "checkpoint.npz").read_bytes() == checkpoint
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["seeds"] == [0, 1, 2] and result["reference"] == "am-softmax"
+    assert sorted((r["entry"], r["seed"]) for r in result["runs"]) == sorted(
+        (e, s) for e in ("softmax", "am-softmax") for s in (0, 1, 2))
+    [pair] = result["paired"]
+    assert pair["entry"] == "softmax" and pair["seeds"] == [0, 1, 2]
+    accuracy = pair["metrics"]["verification (10 folds)"]
+    runs = {(r["entry"], r["seed"]): r["metrics"]["verification_accuracy"] for r in result["runs"]}
+    differences = [runs["softmax", s] - runs["am-softmax", s] for s in (0, 1, 2)]
+    assert accuracy["difference"] == pytest.approx(sum(differences) / 3)
+    assert accuracy["verdict"] in ("ahead", "behind", "no difference resolved")
+    table = (out / "comparison.md").read_text()
+    assert "| loss − am-softmax |" in table and "[95% t interval over seeds]" in table
+
+
+def test_reference_must_be_one_of_the_losses_and_seeds_must_be_distinct(tmp_path, tiny, capsys):
+    out = str(tmp_path / "cmp")
+    assert cli.main(["compare", "--out", out, "--losses", "softmax", "--reference", "arcface"]) == cli.EXIT_BAD_INPUT
+    assert "--reference arcface trains as none of the compared losses (softmax)" in capsys.readouterr().err
+    assert cli.main(["compare", "--out", out, "--losses", "softmax", "--seeds", "1,1"]) == cli.EXIT_BAD_INPUT
+    assert "--seeds takes distinct integers >= 0" in capsys.readouterr().err
+    assert cli.main(["compare", "--out", out, "--losses", "softmax", "--seeds", "a"]) == cli.EXIT_BAD_INPUT
+    assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+    assert compare.find_reference([parse_entry("softmax"), parse_entry("am-softmax:m=0.35")], None).name == \
+        "am-softmax:m=0.35"
+
+
+def test_a_one_seed_comparison_of_the_old_layout_is_refused_with_the_way_to_reuse_it(tmp_path, tiny, capsys):
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--seeds", "0",
+                     "--losses", "softmax"]) == 0
+    (out / "seed-0" / "softmax").rename(out / "softmax")  # where an earlier amnp kept it
+    arguments = ["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--seeds", "0",
+                 "--losses", "softmax"]
+    assert cli.main(arguments) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a one-seed comparison of an earlier amnp" in err
+    assert f"move each {out}/<entry> to {out}/seed-<its seed>/<entry>" in err
+    (out / "softmax").rename(out / "seed-0" / "softmax")
+    assert cli.main(arguments) == 0
+    assert "softmax, seed 0: finished earlier" in capsys.readouterr().out
