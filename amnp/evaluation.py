@@ -913,16 +913,20 @@ class ScoreSet:
         del keys
         if not np.all(np.isfinite(ascending[[0, -1]])):
             raise ValueError("scores contain NaN or inf")
-        self.impostor, self.impostor_pair = ascending[::-1], codes[::-1]  # descending views
-        # Each distinct genuine score is a place where the ROC may cross FAR = FRR; the
-        # impostors strictly above it and at or above it are found once here.
+        n = ascending.size
         levels, level_starts = np.unique(-self.genuine, return_index=True)
-        self._levels = -levels  # descending
+        levels = -levels  # descending
+        # Each distinct genuine score is a place where the ROC may cross FAR = FRR; the
+        # impostors strictly above it and at or above it are counted there.
         self._genuine_above = level_starts
         self._genuine_at_or_above = np.append(level_starts[1:], self.genuine.size)
-        n = ascending.size
-        self._impostors_above = n - np.searchsorted(ascending, self._levels, side="right")
-        self._impostors_at_or_above = n - np.searchsorted(ascending, self._levels, side="left")
+        positions = np.concatenate((n - np.searchsorted(ascending, levels, side="right"),
+                                    n - np.searchsorted(ascending, levels, side="left")))
+        self._eer_cuts = np.unique(positions[(positions > 0) & (positions < n)])
+        self._eer_index = np.searchsorted(np.concatenate(([0], self._eer_cuts, [n])), positions)
+        self.impostor = np.ascontiguousarray(ascending[::-1])
+        del ascending
+        self.impostor_pair = np.ascontiguousarray(codes[::-1])
 
     @property
     def num_genuine(self) -> int:
@@ -952,16 +956,17 @@ class ScoreSet:
         else:
             w = np.asarray(identity_weights, dtype=np.int64)
             genuine_w = w[self.genuine_identity].astype(np.float64)
-            impostor_w = np.outer(w, w).ravel()[self.impostor_pair]
-            impostor_total = float(impostor_w.sum())
+            # int32 products where they fit: half the memory traffic of the gather
+            pair_type = np.int32 if int(w.max(initial=0)) ** 2 < 2 ** 31 else np.int64
+            impostor_w = np.outer(w, w).astype(pair_type).ravel()[self.impostor_pair]
+            impostor_total = float(impostor_w.sum(dtype=np.int64))
         genuine_total = genuine_w.sum()
         if genuine_total == 0 or impostor_total == 0:
             return {float(far): float("nan") for far in fars}, float("nan")
         tars = self._tars(fars, genuine_w, genuine_total, impostor_w, impostor_total)
 
         genuine_cum = np.concatenate(([0.0], np.cumsum(genuine_w)))
-        far_a = _prefix_sums(impostor_w, self._impostors_above) / impostor_total
-        far_b = _prefix_sums(impostor_w, self._impostors_at_or_above) / impostor_total
+        far_a, far_b = np.split(self._impostor_weight_above_levels(impostor_w) / impostor_total, 2)
         tar_a = genuine_cum[self._genuine_above] / genuine_total
         tar_b = genuine_cum[self._genuine_at_or_above] / genuine_total
         d_b = far_b - (1.0 - tar_b)
@@ -976,6 +981,16 @@ class ScoreSet:
             eer = far_a[level] + alpha * (far_b[level] - far_a[level])
         return tars, float(eer)
 
+    def _impostor_weight_above_levels(self, impostor_w) -> np.ndarray:
+        """The impostor weight strictly above each genuine level, then at or above each:
+        one pass over the impostors (sums between the cut points), not a full cumulative sum."""
+        if impostor_w is None:
+            at_cuts = np.concatenate(([0], self._eer_cuts, [self.impostor.size]))
+        else:
+            segments = np.add.reduceat(impostor_w, np.concatenate(([0], self._eer_cuts)), dtype=np.int64)
+            at_cuts = np.concatenate(([0], np.cumsum(segments)))
+        return at_cuts[self._eer_index].astype(np.float64)
+
     def _tars(self, fars, genuine_w, genuine_total, impostor_w, impostor_total) -> dict[float, float]:
         """TAR at each FAR (see weighted_rate_above_tail), reading only as far down the
         impostors as the largest allowance needs."""
@@ -984,9 +999,9 @@ class ScoreSet:
             over = {far: k for far, k in allowed.items()}  # index of the (k+1)-th impostor
         else:
             length = min(self.impostor.size, max(4096, 4 * max(allowed.values(), default=0)))
-            impostor_cum = np.cumsum(impostor_w[:length])
+            impostor_cum = np.cumsum(impostor_w[:length], dtype=np.int64)
             if impostor_cum[-1] <= max(allowed.values()) and length < self.impostor.size:
-                impostor_cum = np.cumsum(impostor_w)
+                impostor_cum = np.cumsum(impostor_w, dtype=np.int64)
             over = {far: int(np.searchsorted(impostor_cum, k, side="right")) for far, k in allowed.items()}
         genuine_ascending = self.genuine[::-1]
         genuine_cum_ascending = np.concatenate(([0.0], np.cumsum(genuine_w[::-1])))
@@ -998,20 +1013,6 @@ class ScoreSet:
             at_or_below = np.searchsorted(genuine_ascending, self.impostor[first_over], side="right")
             tars[far] = float((genuine_total - genuine_cum_ascending[at_or_below]) / genuine_total)
         return tars
-
-
-def _prefix_sums(values, positions) -> np.ndarray:
-    """``sum(values[:p])`` for each of the non-decreasing ``positions`` (``values`` None:
-    all ones, so ``p``), with one pass over ``values`` instead of a full cumulative sum."""
-    positions = np.asarray(positions)
-    if values is None:
-        return positions.astype(np.float64)
-    cuts = np.unique(positions)
-    cuts = cuts[(cuts > 0) & (cuts < values.size)]
-    # The sums up to each cut and up to the end, after the 0 of position 0.
-    at = np.concatenate(([0], np.cumsum(np.add.reduceat(values, np.concatenate(([0], cuts))))))
-    index = np.searchsorted(np.concatenate(([0], cuts, [values.size])), positions)
-    return at[index].astype(np.float64)
 
 
 def weighted_rate_above_tail(positive, positive_w, negative, negative_w,
