@@ -963,7 +963,7 @@ class ScoreSet:
         genuine_total = genuine_w.sum()
         if genuine_total == 0 or impostor_total == 0:
             return {float(far): float("nan") for far in fars}, float("nan")
-        tars = self._tars(fars, genuine_w, genuine_total, impostor_w, impostor_total)
+        tars = weighted_rate_above_tail(self.genuine, genuine_w, self.impostor, impostor_w, fars)
 
         genuine_cum = np.concatenate(([0.0], np.cumsum(genuine_w)))
         far_a, far_b = np.split(self._impostor_weight_above_levels(impostor_w) / impostor_total, 2)
@@ -991,29 +991,6 @@ class ScoreSet:
             at_cuts = np.concatenate(([0], np.cumsum(segments)))
         return at_cuts[self._eer_index].astype(np.float64)
 
-    def _tars(self, fars, genuine_w, genuine_total, impostor_w, impostor_total) -> dict[float, float]:
-        """TAR at each FAR (see weighted_rate_above_tail), reading only as far down the
-        impostors as the largest allowance needs."""
-        allowed = {float(far): impostors_allowed(far, impostor_total) for far in fars}
-        if impostor_w is None:
-            over = {far: k for far, k in allowed.items()}  # index of the (k+1)-th impostor
-        else:
-            length = min(self.impostor.size, max(4096, 4 * max(allowed.values(), default=0)))
-            impostor_cum = np.cumsum(impostor_w[:length], dtype=np.int64)
-            if impostor_cum[-1] <= max(allowed.values()) and length < self.impostor.size:
-                impostor_cum = np.cumsum(impostor_w, dtype=np.int64)
-            over = {far: int(np.searchsorted(impostor_cum, k, side="right")) for far, k in allowed.items()}
-        genuine_ascending = self.genuine[::-1]
-        genuine_cum_ascending = np.concatenate(([0.0], np.cumsum(genuine_w[::-1])))
-        tars = {}
-        for far, first_over in over.items():
-            if first_over >= self.impostor.size:  # the impostors never weigh more than allowed
-                tars[far] = 1.0
-                continue
-            at_or_below = np.searchsorted(genuine_ascending, self.impostor[first_over], side="right")
-            tars[far] = float((genuine_total - genuine_cum_ascending[at_or_below]) / genuine_total)
-        return tars
-
 
 def weighted_rate_above_tail(positive, positive_w, negative, negative_w,
                              fars: Sequence[float]) -> dict[float, float]:
@@ -1021,28 +998,35 @@ def weighted_rate_above_tail(positive, positive_w, negative, negative_w,
     ``floor(far * total negative weight)`` negatives pass: TAR@FAR for pair scores,
     DIR@FAR for probes (a genuine probe matched to the wrong identity has score -inf).
 
-    ``positive`` and ``negative`` are sorted descending.  The threshold is the highest
-    negative score ``s*`` whose negatives at or above it weigh more than allowed; every
-    negative tied with ``s*`` is refused with it, and a positive passes when ``> s*``
-    (no ``s*``: everything passes).  Weights are counts (identities drawn with
-    replacement), so the arithmetic is exact.
+    ``positive`` and ``negative`` are sorted descending; ``negative_w`` None means one
+    each.  The threshold is the highest negative score ``s*`` whose negatives at or above
+    it weigh more than allowed; every negative tied with ``s*`` is refused with it, and a
+    positive passes when ``> s*`` (no ``s*``: everything passes).  Weights are counts
+    (identities drawn with replacement), so the arithmetic is exact.  Only as many
+    negatives are summed as the largest allowance needs.  NaN without positive weight.
     """
-    positive_total, negative_total = float(np.sum(positive_w)), float(np.sum(negative_w))
-    result = {}
+    positive_total = float(np.sum(positive_w))
+    negative_total = float(negative.size if negative_w is None else np.sum(negative_w, dtype=np.int64))
     if positive_total == 0:
         return {float(far): float("nan") for far in fars}
-    negative_cum = np.cumsum(negative_w)
-    positive_cum_ascending = np.concatenate(([0.0], np.cumsum(positive_w[::-1])))
+    allowed = {float(far): impostors_allowed(far, negative_total) for far in fars}
+    if negative_w is None:
+        first_over = allowed  # the (k + 1)-th negative is the first one too many
+    else:
+        length = min(negative.size, max(4096, 4 * max(allowed.values(), default=0)))
+        negative_cum = np.cumsum(negative_w[:length], dtype=np.int64)
+        if length < negative.size and negative_cum[-1] <= max(allowed.values()):
+            negative_cum = np.cumsum(negative_w, dtype=np.int64)
+        first_over = {far: int(np.searchsorted(negative_cum, k, side="right")) for far, k in allowed.items()}
     positive_ascending = positive[::-1]
-    for far in fars:
-        allowed = impostors_allowed(far, negative_total)
-        first_over = int(np.searchsorted(negative_cum, allowed, side="right"))
-        if first_over == negative_cum.size:  # the negatives never weigh more than allowed
-            passed = positive_total
-        else:
-            below_or_at = np.searchsorted(positive_ascending, negative[first_over], side="right")
-            passed = positive_total - positive_cum_ascending[below_or_at]
-        result[float(far)] = passed / positive_total
+    positive_cum_ascending = np.concatenate(([0.0], np.cumsum(positive_w[::-1])))
+    result = {}
+    for far, index in first_over.items():
+        if index >= negative.size:  # the negatives never weigh more than allowed
+            result[far] = 1.0
+            continue
+        at_or_below = np.searchsorted(positive_ascending, negative[index], side="right")
+        result[far] = float((positive_total - positive_cum_ascending[at_or_below]) / positive_total)
     return result
 
 

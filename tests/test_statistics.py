@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from amnp import cli
-from amnp.evaluation import (ScoreSet, all_pairs_scores, all_pairs_verification, equal_error_rate,
-                             pair_code, pair_scores, tar_at_far)
+from amnp.evaluation import (ScoreSet, all_pairs_scores, all_pairs_verification, dir_at_far, equal_error_rate,
+                             pair_code, pair_scores, tar_at_far, weighted_rate_above_tail)
 from amnp.statistics import (identity_resamples, mean_interval, paired_difference, percentile_interval,
                              student_t_quantile)
 
@@ -178,3 +178,28 @@ def test_eval_all_pairs_refuses_what_it_cannot_use(trained, capsys, arguments, m
     assert cli.main(["eval", str(trained["run"])] + arguments) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("amnp: error: ") and message in err
+
+
+@pytest.mark.parametrize("trial", range(10))
+def test_weighted_dir_equals_dir_at_far_on_the_probes_written_out(trial):
+    """DIR@FAR under identity weights (the bootstrap's) = dir_at_far with each probe row
+    repeated as often as its identity was drawn (ties included)."""
+    rng = np.random.default_rng(trial)
+    gallery_labels = np.arange(5)
+    probe_labels = rng.integers(0, 12, 60)  # identities 5..11 are not enrolled: impostors
+    similarity = np.round(rng.normal(size=(60, 5)), 1)
+    weights = rng.multinomial(12, np.full(12, 1 / 12))
+    copies = weights[probe_labels]
+    fars = (0.5, 0.1, 1e-2)
+    if not np.any(copies[probe_labels < 5]) or not np.any(copies[probe_labels >= 5]):
+        return
+    expected = dir_at_far(np.repeat(similarity, copies, axis=0), gallery_labels,
+                          np.repeat(probe_labels, copies), fars)
+    best = similarity.argmax(axis=1)
+    score = similarity[np.arange(60), best]
+    genuine = probe_labels < 5
+    positive = np.where(best[genuine] == probe_labels[genuine], score[genuine], -np.inf)
+    p_order, n_order = np.argsort(-positive, kind="stable"), np.argsort(-score[~genuine], kind="stable")
+    found = weighted_rate_above_tail(positive[p_order], copies[genuine][p_order].astype(float),
+                                     score[~genuine][n_order], copies[~genuine][n_order], fars)
+    assert found == pytest.approx(expected, abs=1e-12)
