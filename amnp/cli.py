@@ -31,6 +31,7 @@ rank after the same step, with one checkpoint, and every rank exits 128 + its nu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import json
 import math
@@ -46,12 +47,13 @@ import numpy as np
 
 from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
-from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, compare, parse_entry
+from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, parse_entry, parse_seeds
 from .config import LOSSES, OptionError, TrainConfig, read_config
 from .distributed import SingleProcess
 from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
+from .statistics import all_pairs_with_intervals
 from .training import Interrupted, Trainer, TrainingDiverged, catch_stop_signals
 from .validation import NonFiniteError
 
@@ -148,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="LFW-style pairs.txt (its folds); needs --images")
     evaluate_cmd.add_argument("--images", metavar="ROOT", default=None,
                               help="LFW-layout image tree ROOT/<name>/<name>_0001.jpg; needs --pairs")
+    evaluate_cmd.add_argument("--all-pairs", action="store_true",
+                              help="with --images ROOT (an identity-folder tree, no --pairs): TAR@FAR and "
+                                   "EER over every pair of its images, with bootstrap intervals")
     evaluate_cmd.add_argument("--out", metavar="FILE", default=None,
-                              help="with --pairs: the JSON to write (default DIR/eval-<name of ROOT>.json)")
+                              help="with --pairs or --all-pairs: the JSON to write (default "
+                                   "DIR/eval-<name of ROOT>.json, DIR/eval-all-pairs-<name of ROOT>.json)")
     add_image_options(evaluate_cmd, "the images")
 
     embed_cmd = commands.add_parser("embed", help="L2-normalised features of every image of a tree")
@@ -178,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"passes over the data for each run (default {DEFAULT_EPOCHS:g})")
     compare_length.add_argument("--iters", type=int, default=None, help="number of SGD steps of each run")
     compare_cmd.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    compare_cmd.add_argument("--seed", type=int, default=0)
+    compare_cmd.add_argument("--seeds", "--seed", default=",".join(map(str, DEFAULT_SEEDS)), metavar="LIST",
+                             help="comma-separated seeds; each trains every loss on its own data, "
+                                  "initialisation and batches")
+    compare_cmd.add_argument("--reference", default=None, metavar="ENTRY",
+                             help="the loss the others are compared with, seed by seed "
+                                  "(default am-softmax if compared, else the first)")
     compare_cmd.add_argument("--backend", default=None,
                              help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
 
@@ -194,16 +205,17 @@ def compare_command(args) -> int:
         raise UsageError("--losses names no loss")
     if len({entry.name for entry in entries}) < len(entries):
         raise UsageError(f"--losses names an entry twice: {args.losses}")
+    seeds = parse_seeds(args.seeds)
     base = TrainConfig(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, iters=args.iters,
-                       batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+                       batch_size=args.batch_size, seed=seeds[0], backend=args.backend)
     if args.iters is not None:
         base.epochs = None
     base.validate()
     choose_backend(base)
-    dataset = open_dataset(base)
-    print(f"comparing {len(entries)} losses on {dataset.name} in {args.out}")
+    print(f"comparing {len(entries)} losses at {len(seeds)} seed(s) on {base.dataset} in {args.out}")
     try:
-        table = compare(entries, base, dataset, args.out)
+        table = compare(entries, base, lambda seed: open_dataset(dataclasses.replace(base, seed=seed)),
+                        args.out, seeds=seeds, reference=args.reference)
     except KeyboardInterrupt:
         print(f"interrupted; finished runs are kept, continue with: amnp compare --out {args.out} "
               "(and the same options)")
@@ -314,17 +326,44 @@ def refuse_existing_run(out: str) -> None:
 
 def summary(metrics: dict) -> str:
     """One line; the protocol's real size is in it (folds, pairs, and whether folds share
-    identities), so a small protocol never reads like LFW's."""
-    tar = metrics["tar_at_far"]
+    identities), so a small protocol never reads like LFW's; each number is followed by
+    its 95% bootstrap interval over identities."""
+    tar, ci = metrics["tar_at_far"], metrics["intervals"]
     folds = f"{metrics['num_folds']} folds" + (" sharing identities" if metrics["folds_share_identities"] else "")
-    line = (f"held-out verification accuracy {100 * metrics['verification_accuracy']:.2f}% "
+    line = (f"held-out verification accuracy {percent(metrics['verification_accuracy'], ci['verification_accuracy'])} "
             f"± {100 * metrics['verification_accuracy_std']:.2f} ({folds}, {metrics['num_pairs']} pairs); "
-            f"TAR@FAR=1e-2 {100 * tar['1e-2']:.2f}%, TAR@FAR=1e-3 {100 * tar['1e-3']:.2f}%; "
-            f"EER {100 * metrics['eer']:.2f}%; identification top-1 {100 * metrics['identification_top1']:.2f}%")
+            f"TAR@FAR=1e-2 {percent(tar['1e-2'], ci['tar_at_far']['1e-2'])}, "
+            f"TAR@FAR=1e-3 {percent(tar['1e-3'], ci['tar_at_far']['1e-3'])}; "
+            f"EER {percent(metrics['eer'], ci['eer'])}; "
+            f"identification top-1 {percent(metrics['identification_top1'], ci['identification_top1'])}")
     impostors, allowed = metrics["open_set_impostor_probes"], metrics["dir_impostors_allowed"]["1e-2"]
     resolution = (f"{allowed} of {impostors} impostor probes may pass" if allowed else
                   f"only {impostors} impostor probes, so this is FAR=0")
-    return line + f"; DIR@FAR=1e-2 {100 * metrics['dir_at_far']['1e-2']:.2f}% ({resolution})"
+    line += f"; DIR@FAR=1e-2 {percent(metrics['dir_at_far']['1e-2'], ci['dir_at_far']['1e-2'])} ({resolution})"
+    return line + "; " + all_pairs_summary(metrics["all_pairs"])
+
+
+def all_pairs_summary(all_pairs: dict) -> str:
+    """All-pairs TAR@FAR and EER with intervals; a FAR that lets no impostor pass is
+    named as unresolved."""
+    tar, ci, allowed = all_pairs["tar_at_far"], all_pairs["intervals"], all_pairs["impostors_allowed"]
+    resolved = [far for far in tar if allowed[far] > 0]
+    unresolved = [far for far in tar if allowed[far] == 0]
+    text = (f"all {all_pairs['num_genuine_pairs']} genuine and {all_pairs['num_impostor_pairs']} impostor pairs of "
+            f"{all_pairs['num_images']} images: "
+            + ", ".join(f"TAR@FAR={far} {percent(tar[far], ci['tar_at_far'][far])}" for far in resolved)
+            + (", " if resolved else "") + f"EER {percent(all_pairs['eer'], ci['eer'])}")
+    if unresolved:
+        text += (f" (FAR={', '.join(unresolved)} not resolved: "
+                 f"{all_pairs['num_impostor_pairs']} impostor pairs)")
+    return text + " [95% intervals: bootstrap over identities]"
+
+
+def percent(value: float, interval) -> str:
+    """"95.90% [95.12, 96.58]" (the interval in brackets, when there is one)."""
+    if interval is None:
+        return f"{100 * value:.2f}%"
+    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def sample_indices(labels, identities=8, per_identity=8):
@@ -481,6 +520,8 @@ def run_features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:
 
 
 def eval_command(args) -> int:
+    if args.all_pairs:
+        return eval_all_pairs(args)
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
@@ -502,6 +543,28 @@ def eval_command(args) -> int:
     with open(out, "w") as file:
         json.dump(metrics, file, indent=2)
     print(summary(metrics))
+    print(f"results in {out}")
+    return 0
+
+
+def eval_all_pairs(args) -> int:
+    """Every pair of images of an identity-folder tree, scored with the run's network."""
+    if args.images is None or args.pairs is not None:
+        raise UsageError("--all-pairs takes --images ROOT (ROOT/<identity>/<image>) and no --pairs: "
+                         "every pair of its images is scored")
+    run = open_run(args)
+    image_size, grayscale, mirror = image_options(args, run)
+    out = args.out or os.path.join(args.run_dir, f"eval-all-pairs-{Path(args.images).resolve().name}.json")
+    folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
+    check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
+    print(f"evaluating {args.run_dir} at step {run.step} on every pair of {len(folder.labels)} images of "
+          f"{len(folder.class_names)} identities under {args.images}{', mirror-fused' if mirror else ''}")
+    metrics = all_pairs_with_intervals(features(run.net, folder.images, mirror), folder.labels,
+                                       run.config.seed)
+    metrics["mirror_fused"] = bool(mirror)
+    with open(out, "w") as file:
+        json.dump(metrics, file, indent=2)
+    print(all_pairs_summary(metrics))
     print(f"results in {out}")
     return 0
 

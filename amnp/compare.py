@@ -1,16 +1,19 @@
 """The paper's experiment: the same network trained with each loss, compared in one table.
 
-    amnp compare --out DIR
+    amnp compare --out DIR --seeds 0,1,2,3,4
 
 trains one run per entry (default: softmax, NormFace, A-Softmax m = 4, AM-Softmax with
-m = 0.25, 0.3, 0.35, 0.4, AM-Softmax without feature normalisation, ArcFace), each an
-ordinary run directory ``DIR/<entry>`` with the same network, data, schedule and seed,
-evaluates each on the held-out identities, and writes ``DIR/comparison.md``,
-``DIR/comparison.json`` and ``DIR/figures/`` (target logits, every run's ROC, features on
-the sphere).  Running it again with the same DIR skips finished runs, resumes an
-interrupted one and rebuilds the table (finished runs are re-evaluated, which gives
-the same numbers).  Ctrl-C, SIGTERM or SIGHUP stops between steps, saving the run in
-progress and leaving every finished run intact.
+m = 0.25, 0.3, 0.35, 0.4, AM-Softmax without feature normalisation, ArcFace) and seed,
+each an ordinary run directory ``DIR/seed-S/<entry>``; at one seed every entry has the
+same network, data, initialisation, batches and schedule.  Each run is evaluated on its
+held-out identities (with all-pairs verification and bootstrap intervals,
+amnp.statistics), and ``DIR/comparison.md``, ``DIR/comparison.json`` and ``DIR/figures/``
+(target logits, every run's ROC at the first seed, features on the sphere) give each
+entry's mean and interval over seeds and its paired difference from a reference entry,
+with a verdict.  Running it again with the same DIR skips finished runs (also when more
+seeds are asked for), resumes an interrupted one and rebuilds the tables (finished runs
+are re-evaluated, which gives the same numbers); Ctrl-C, SIGTERM or SIGHUP stops between
+steps, saving the run in progress and leaving every finished run intact.
 
 An entry is ``LOSS`` or ``LOSS:OPTION=VALUE:...``, e.g. ``am-softmax:m=0.3`` or
 ``am-softmax:normalize_features=false``, with the options of amnp.config.LOSSES.
@@ -33,6 +36,7 @@ from .heads import TrainingModel
 from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
+from .statistics import mean_interval, paired_difference
 from .training import Interrupted, Trainer, TrainingDiverged, sgd_step
 from .validation import value_checks
 
@@ -40,6 +44,7 @@ DEFAULT_ENTRIES = ("softmax", "normface", "sphereface:m=4", "am-softmax:m=0.25",
                    "am-softmax:m=0.35", "am-softmax:m=0.4", "am-softmax:normalize_features=false",
                    "arcface")
 DEFAULT_EPOCHS = 5.0
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 
 class Entry(NamedTuple):
@@ -60,6 +65,17 @@ def parse_entry(text: str) -> Entry:
         options[name] = _option_value(value, text)
     resolve_loss_options(loss, options)
     return Entry(text.strip(), loss, options)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]; refused unless distinct integers >= 0."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, e.g. 0,1,2,3,4, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds takes distinct integers >= 0, e.g. 0,1,2,3,4, got {text!r}")
+    return seeds
 
 
 def _option_value(value: str, entry: str):
@@ -84,6 +100,7 @@ def entry_title(entry: Entry) -> str:
 
 class Row(NamedTuple):
     entry: Entry
+    seed: int
     metrics: dict | None       # eval.json of the run; None if it diverged
     scores: np.ndarray | None  # cosine of each held-out pair, for the ROC figure
     steps: int
@@ -92,15 +109,15 @@ class Row(NamedTuple):
 
 
 def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position: str, progress):
-    """The trained run of one entry: a new run, the rest of an interrupted one, or the one
-    finished earlier.  Returns its Row; raises Interrupted when a stop signal stopped it
-    (its checkpoint saved)."""
+    """The trained run of one entry at ``base.seed``: a new run, the rest of an interrupted
+    one, or the one finished earlier.  Returns its Row; raises Interrupted when a stop signal
+    stopped it (its checkpoint saved)."""
     config = dataclasses.replace(base, loss=entry.loss, loss_options=dict(entry.options),
                                  backend=base.backend or get_backend())
     config.validate()
     run_dir = os.path.join(out_dir, entry.name)
     trainer = Trainer(config, dataset, run_dir, progress=progress)
-    title = entry_title(entry)
+    title = f"{entry_title(entry)}, seed {config.seed}"
     with rundir.hold(run_dir, "training"):  # one writer at a time: a second comparison fails here
         if os.path.exists(os.path.join(run_dir, "config.json")):
             saved = read_config(run_dir)
@@ -121,9 +138,11 @@ def train_entry(entry: Entry, base: TrainConfig, dataset, out_dir: str, position
                     raise Interrupted(trainer.stopped_by)
             except TrainingDiverged as exc:  # one loss failing to train is a result, not the end
                 print(f"{position} {title}: {exc}", flush=True)
-                return Row(entry, None, None, exc.step, train_seconds(run_dir, config.batch_size), str(exc))
+                return Row(entry, config.seed, None, None, exc.step,
+                           train_seconds(run_dir, config.batch_size), str(exc))
         metrics, scores = evaluate(trainer.model.net, dataset, run_dir, config.seed)
-        return Row(entry, metrics, scores, trainer.step, train_seconds(run_dir, config.batch_size))
+        return Row(entry, config.seed, metrics, scores, trainer.step,
+                   train_seconds(run_dir, config.batch_size))
 
 
 def _settings(config: TrainConfig) -> dict:
@@ -139,73 +158,206 @@ def train_seconds(run_dir: str, batch_size: int) -> float:
     return float(sum(n * batch_size / r["images_per_s"] for n, r in zip(steps, records)))
 
 
-# ---------------------------------------------------------------------- the table
-
-COLUMNS = ("loss", "verification", "TAR@FAR=1e-2", "TAR@FAR=1e-3", "EER", "DIR@FAR=1e-2 (rank 1)",
-           "top-1", "steps", "train time")
-
-
-def table_row(row: Row) -> list[str]:
-    m = row.metrics
-    if m is None:
-        return [entry_title(row.entry), "diverged"] + ["–"] * 5 + [str(row.steps),
-                                                                   f"{row.train_seconds / 60:.1f} min"]
-    return [entry_title(row.entry),
-            f"{100 * m['verification_accuracy']:.2f}% ± {100 * m['verification_accuracy_std']:.2f}",
-            f"{100 * m['tar_at_far']['1e-2']:.2f}%", f"{100 * m['tar_at_far']['1e-3']:.2f}%",
-            f"{100 * m['eer']:.2f}%", f"{100 * m['dir_at_far']['1e-2']:.2f}%",
-            f"{100 * m['identification_top1']:.2f}%", str(row.steps), f"{row.train_seconds / 60:.1f} min"]
+def seed_dir(out_dir: str, seed: int) -> str:
+    """Where the runs of one seed live: ``DIR/seed-S/<entry>``."""
+    return os.path.join(out_dir, f"seed-{seed}")
 
 
-def markdown_table(rows) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(table_row(row)) + " |" for row in rows]
-    return "\n".join(lines)
+def find_reference(entries, reference: str | None) -> Entry:
+    """The entry the others are compared with: the one that trains as ``reference``
+    (written as an entry; options compared after defaults are filled in, so "am-softmax"
+    finds "am-softmax:m=0.35").  Default: AM-Softmax with its default options if it is
+    among the entries, else the first entry."""
+    wanted = parse_entry(reference or "am-softmax")
+    resolved = resolve_loss_options(wanted.loss, wanted.options)
+    for entry in entries:
+        if entry.loss == wanted.loss and resolve_loss_options(entry.loss, entry.options) == resolved:
+            return entry
+    if reference is None:
+        return entries[0]
+    raise ValueError(f"--reference {reference} trains as none of the compared losses "
+                     f"({', '.join(entry.name for entry in entries)})")
 
 
-def write_comparison(rows, out_dir: str, dataset, base: TrainConfig) -> str:
-    """comparison.md, comparison.json and the ROC figure; returns the table."""
-    table = markdown_table(rows)
+# ---------------------------------------------------------------------- the tables
+
+class Metric(NamedTuple):
+    column: str
+    value: object             # eval.json -> the number
+    interval: object          # eval.json -> its bootstrap interval over identities
+    higher_is_better: bool = True
+
+
+def _all_pairs_tar(far: str) -> Metric:
+    return Metric(f"TAR@FAR={far} (all pairs)", lambda m: m["all_pairs"]["tar_at_far"][far],
+                  lambda m: m["all_pairs"]["intervals"]["tar_at_far"][far])
+
+
+METRICS = (
+    Metric("verification (10 folds)", lambda m: m["verification_accuracy"],
+           lambda m: m["intervals"]["verification_accuracy"]),
+    _all_pairs_tar("1e-3"), _all_pairs_tar("1e-4"), _all_pairs_tar("1e-5"),
+    Metric("EER (all pairs)", lambda m: m["all_pairs"]["eer"], lambda m: m["all_pairs"]["intervals"]["eer"],
+           higher_is_better=False),
+    Metric("top-1", lambda m: m["identification_top1"], lambda m: m["intervals"]["identification_top1"]),
+    Metric("DIR@FAR=1e-2 (rank 1)", lambda m: m["dir_at_far"]["1e-2"],
+           lambda m: m["intervals"]["dir_at_far"]["1e-2"]),
+)
+
+
+def _percent(value: float, interval) -> str:
+    if interval is None:
+        return f"{100 * value:.2f}%"
+    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+
+
+def _points(difference: float, interval) -> str:
+    return f"{100 * difference:+.2f} [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+
+
+def summarize(rows, seeds, reference: Entry) -> tuple[list[dict], list[dict]]:
+    """Per entry, each metric's mean over the seeds and its interval (t over seeds; with
+    one seed, the run's bootstrap interval over identities); and, with two or more seeds,
+    each entry's paired difference from the reference, seed by seed, with its verdict.
+    A seed where a run diverged is left out of its entry's numbers and of its pairs."""
+    entries, by_entry = {}, {}
+    for row in rows:
+        entries[row.entry.name] = row.entry
+        by_entry.setdefault(row.entry.name, {})[row.seed] = row
+    summary, paired = [], []
+    for name, runs in by_entry.items():
+        entry = entries[name]
+        trained = [seed for seed in seeds if runs[seed].metrics is not None]
+        record = {"entry": entry.name, "title": entry_title(entry), "seeds": trained,
+                  "diverged": [seed for seed in seeds if seed not in trained],
+                  "train_seconds": float(np.mean([runs[seed].train_seconds for seed in seeds])),
+                  "steps": max(runs[seed].steps for seed in seeds), "metrics": {}}
+        for metric in METRICS:
+            if not trained:
+                continue
+            values = [metric.value(runs[seed].metrics) for seed in trained]
+            if len(values) == 1:
+                mean, interval = values[0], metric.interval(runs[trained[0]].metrics)
+            else:
+                mean, interval = mean_interval(values)
+            record["metrics"][metric.column] = {"mean": mean, "interval": interval, "values": values}
+        summary.append(record)
+        if entry == reference or len(seeds) < 2:
+            continue
+        reference_runs = by_entry[reference.name]
+        common = [seed for seed in trained if reference_runs[seed].metrics is not None]
+        pair = {"entry": entry.name, "title": entry_title(entry), "seeds": common, "metrics": {}}
+        if len(common) >= 2:
+            for metric in METRICS:
+                pair["metrics"][metric.column] = paired_difference(
+                    [metric.value(runs[seed].metrics) for seed in common],
+                    [metric.value(reference_runs[seed].metrics) for seed in common],
+                    metric.higher_is_better)
+        paired.append(pair)
+    return summary, paired
+
+
+def markdown_tables(summary, paired, seeds, reference: Entry) -> str:
+    """The table of means and intervals, and the table of paired differences."""
+    columns = ["loss"] + [metric.column for metric in METRICS] + ["steps", "train time"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in summary:
+        name = record["title"] + (f" ({len(record['diverged'])} diverged)" if record["diverged"] else "")
+        cells = [_percent(record["metrics"][m.column]["mean"], record["metrics"][m.column]["interval"])
+                 if m.column in record["metrics"] else "diverged" for m in METRICS]
+        lines.append("| " + " | ".join([name] + cells + [str(record["steps"]),
+                                                          f"{record['train_seconds'] / 60:.1f} min"]) + " |")
+    if len(seeds) == 1:
+        return ("\n".join(lines) + "\n\nOne seed: each interval is the 95% bootstrap interval over held-out "
+                "identities; paired differences between losses need two or more seeds (--seeds 0,1,2,3,4).")
+    text = (f"Mean over seeds {', '.join(map(str, seeds))} [95% t interval over seeds]; "
+            "EER: lower is better.\n\n" + "\n".join(lines))
+    columns = [f"loss − {entry_title(reference)}"] + [metric.column for metric in METRICS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for pair in paired:
+        if not pair["metrics"]:
+            lines.append(f"| {pair['title']} | " + " | ".join(["fewer than 2 seeds trained"] * len(METRICS)) + " |")
+            continue
+        cells = [f"{_points(p['difference'], p['interval'])} {p['verdict']}"
+                 for p in (pair["metrics"][m.column] for m in METRICS)]
+        lines.append(f"| {pair['title']} | " + " | ".join(cells) + " |")
+    return (text + f"\n\nPaired difference from {entry_title(reference)}, seed by seed, in points "
+            "[95% t interval over seeds]: ahead or behind when the interval excludes 0, "
+            "else no difference resolved.\n\n" + "\n".join(lines))
+
+
+def write_comparison(rows, out_dir: str, dataset, base: TrainConfig, seeds, reference: Entry) -> str:
+    """comparison.md, comparison.json and the ROC figure (of the first seed); returns the tables."""
     evaluated = [row for row in rows if row.metrics is not None]
     if not evaluated:
         raise ValueError("every run of the comparison diverged; see the messages above")
+    summary, paired = summarize(rows, seeds, reference)
+    tables = markdown_tables(summary, paired, seeds, reference)
     metrics = evaluated[0].metrics
-    protocol = (f"{dataset.name}, {base.model} network, seed {base.seed}; verification: "
-                f"{metrics['num_folds']} folds, {metrics['num_pairs']} pairs; DIR@FAR=1e-2 with "
+    protocol = (f"{dataset.name}, {base.model} network, seeds {', '.join(map(str, seeds))}; verification: "
+                f"{metrics['num_folds']} folds, {metrics['num_pairs']} pairs, and all pairs of "
+                f"{metrics['all_pairs']['num_images']} images ({metrics['all_pairs']['num_genuine_pairs']} "
+                f"genuine, {metrics['all_pairs']['num_impostor_pairs']} impostor); DIR@FAR=1e-2 with "
                 f"{metrics['open_set_impostor_probes']} impostor probes")
     with open(os.path.join(out_dir, "comparison.md"), "w") as file:
-        file.write(f"# Loss comparison\n\n{protocol}\n\n{table}\n")
+        file.write(f"# Loss comparison\n\n{protocol}\n\n{tables}\n")
     with open(os.path.join(out_dir, "comparison.json"), "w") as file:
-        json.dump({"protocol": protocol, "config": dataclasses.asdict(base),
-                   "runs": [{"entry": r.entry.name, "title": entry_title(r.entry), "steps": r.steps,
-                             "train_seconds": r.train_seconds, "metrics": r.metrics,
+        json.dump({"protocol": protocol, "config": dataclasses.asdict(base), "seeds": list(seeds),
+                   "reference": reference.name, "summary": summary, "paired": paired,
+                   "runs": [{"entry": r.entry.name, "title": entry_title(r.entry), "seed": r.seed,
+                             "steps": r.steps, "train_seconds": r.train_seconds, "metrics": r.metrics,
                              "diverged": r.diverged} for r in rows]},
                   file, indent=2)
     curves = {}
     for row in evaluated:
-        far, tar, _ = roc_curve(row.scores, dataset.pair_same)
-        curves[entry_title(row.entry)] = (far, tar)
+        if row.seed == seeds[0]:
+            far, tar, _ = roc_curve(row.scores, dataset.pair_same)
+            curves[entry_title(row.entry)] = (far, tar)
     figures.plot_roc_curves(curves, os.path.join(out_dir, "figures", "roc.png"))
-    return table
+    return tables
 
 
-def compare(entries, base: TrainConfig, dataset, out_dir: str, progress=None,
-            sphere_steps: int | None = None) -> str:
-    """Train and evaluate every entry, then write the table and figures; returns the table.
-    A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises Interrupted after saving the run in
-    progress: run again with the same out_dir to continue."""
+def check_layout(entries, out_dir: str) -> None:
+    """A comparison directory of an earlier amnp kept one seed's runs in DIR/<entry>; the
+    runs now live in DIR/seed-S/<entry>.  Refuse such a directory, saying how to reuse it."""
+    for entry in entries:
+        old = os.path.join(out_dir, entry.name, "config.json")
+        if os.path.exists(old):
+            raise ValueError(f"{out_dir} holds a one-seed comparison of an earlier amnp ({old}); to reuse "
+                             f"its runs move each {out_dir}/<entry> to {out_dir}/seed-<its seed>/<entry>, "
+                             "or choose another --out")
+
+
+def compare(entries, base: TrainConfig, load_dataset, out_dir: str, seeds=None, reference: str | None = None,
+            progress=None, sphere_steps: int | None = None) -> str:
+    """Train and evaluate every entry at every seed (``load_dataset(seed)`` gives the seed's
+    data; default seeds: ``[base.seed]``), then write the tables and figures; returns the
+    tables.  A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises Interrupted after saving the run
+    in progress: run again with the same out_dir to continue, and with more seeds to add
+    them (finished runs are reused)."""
+    seeds = [base.seed] if seeds is None else list(seeds)
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    reference_entry = find_reference(entries, reference)
+    check_layout(entries, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    for number, entry in enumerate(entries, 1):
-        rows.append(train_entry(entry, base, dataset, out_dir, f"[{number}/{len(entries)}]", progress))
-    table = write_comparison(rows, out_dir, dataset, base)
+    rows, total, first_dataset = [], len(entries) * len(seeds), None
+    for s, seed in enumerate(seeds):
+        dataset = load_dataset(seed)
+        if first_dataset is None:
+            first_dataset = dataset
+        for number, entry in enumerate(entries, 1):
+            position = f"[{s * len(entries) + number}/{total}]"
+            rows.append(train_entry(entry, dataclasses.replace(base, seed=seed), dataset,
+                                    seed_dir(out_dir, seed), position, progress))
+    tables = write_comparison(rows, out_dir, first_dataset, base, seeds, reference_entry)
     figure_dir = os.path.join(out_dir, "figures")
     figures.plot_target_logits(os.path.join(figure_dir, "target_logits.png"))
     print(f"features on the sphere: {len(entries)} SphereFace-4 networks with a 3-d embedding", flush=True)
-    panels = sphere_features(entries, dataset, base.seed,
+    panels = sphere_features(entries, first_dataset, seeds[0],
                              steps=SPHERE_STEPS if sphere_steps is None else sphere_steps)
     figures.plot_features_on_sphere(panels, os.path.join(figure_dir, "features_on_sphere.png"))
-    return table
+    return tables
 
 
 # ---------------------------------------------------------------------- features on the sphere

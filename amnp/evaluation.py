@@ -34,6 +34,7 @@ embeddings must be moved to the host first (``cupy.asnumpy``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,11 @@ __all__ = [
     "folds_share_identities",
     "evaluate_verification",
     "far_key",
+    "ScoreSet",
+    "pair_code",
+    "all_pairs_scores",
+    "all_pairs_verification",
+    "weighted_rate_above_tail",
 ]
 
 
@@ -543,10 +549,11 @@ def _check_far(target: float) -> float:
     return target
 
 
-def impostors_allowed(far: float, num_impostors: int) -> int:
+def impostors_allowed(far: float, num_impostors: float) -> int:
     """How many of ``num_impostors`` may pass at a target FAR: ``floor(far * n)``
     (a relative tolerance of 1e-9 absorbs rounding, so 1e-2 of 300 allows 3).
-    The FAR resolution is ``1 / num_impostors``: below it, no impostor may pass."""
+    The FAR resolution is ``1 / num_impostors``: below it, no impostor may pass.
+    (``num_impostors`` may be a total weight of reweighted impostors.)"""
     return int(np.floor(_check_far(far) * num_impostors * (1 + 1e-9)))
 
 
@@ -774,4 +781,289 @@ def evaluate_verification(
         metrics["dir_at_far"] = found.pop("dir_at_far")
         metrics["dir_impostors_allowed"] = found.pop("impostors_allowed")
         metrics.update({f"open_set_{name}": value for name, value in found.items()})
+    return metrics, scores
+
+
+# --------------------------------------------------------------------------
+# Scores that remember whose they are: all pairs, and reweighted identities
+# --------------------------------------------------------------------------
+
+
+def pair_code(first, second, num_identities: int) -> np.ndarray:
+    """One number for an unordered pair of identities: ``min * num_identities + max``,
+    in the smallest unsigned type that holds ``num_identities ** 2``."""
+    if num_identities > 1 << 16:
+        raise ValueError(f"all-pairs statistics handle at most {1 << 16} identities, got {num_identities}")
+    code_type = np.min_scalar_type(max(num_identities ** 2 - 1, 0))
+    first, second = np.asarray(first).astype(code_type), np.asarray(second).astype(code_type)
+    return np.minimum(first, second) * code_type.type(num_identities) + np.maximum(first, second)
+
+
+def _pack(scores: np.ndarray, codes: np.ndarray, out: np.ndarray) -> None:
+    """Write uint64 keys that sort like the float32 ``scores`` (ascending), with each
+    pair code in the low 32 bits.  (A float's bits sort like the float once the sign
+    bit is set on positives and every bit is flipped on negatives; -0.0 becomes 0.0.)"""
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    negative = bits >> np.uint32(31) == 1
+    bits = np.where(negative, ~bits, bits | np.uint32(1 << 31))
+    np.left_shift(bits.astype(np.uint64), np.uint64(32), out=out)
+    out |= np.asarray(codes).astype(np.uint64)
+
+
+def _unpack(keys: np.ndarray, num_identities: int, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 scores and pair codes of :func:`_pack`'s keys (a chunk at a time, so
+    that no temporary is as large as the keys)."""
+    scores = np.empty(keys.size, dtype=np.float32)
+    codes = np.empty(keys.size, dtype=np.min_scalar_type(max(num_identities ** 2 - 1, 0)))
+    for start in range(0, keys.size, chunk):
+        part = keys[start:start + chunk]
+        codes[start:start + chunk] = part & np.uint64(0xFFFFFFFF)
+        bits = (part >> np.uint64(32)).astype(np.uint32)
+        positive = bits >> np.uint32(31) == 1
+        scores[start:start + chunk] = np.where(positive, bits & np.uint32(0x7FFFFFFF), ~bits).view(np.float32)
+    return scores, codes
+
+
+class ScoreSet:
+    """Genuine and impostor scores, each with the identities it came from.
+
+    A genuine score belongs to one identity, an impostor score to two (identities
+    are numbered ``0 .. num_identities - 1``).  :meth:`metrics` takes optional
+    identity *weights*: an identity of weight ``w`` counts ``w`` times, so a genuine
+    score counts ``w[c]`` times and an impostor score ``w[c1] * w[c2]`` times, which
+    is what resampling identities with replacement does to the pairs
+    (amnp.statistics).  Without weights the metrics are :func:`tar_at_far` and
+    :func:`equal_error_rate` of the same scores.
+
+    Scores are kept float32, sorted descending, each impostor with one code for its
+    identity pair: 4 bytes per pair plus 1-4 for the code (5.5 million impostor
+    pairs: about 33 MB).
+    """
+
+    def __init__(self, genuine, genuine_identity, impostor, impostor_first, impostor_second,
+                 num_identities: int):
+        impostor = np.asarray(impostor, dtype=np.float32)
+        keys = np.empty(impostor.size, dtype=np.uint64)
+        _pack(impostor, pair_code(impostor_first, impostor_second, num_identities), keys)
+        self._build(genuine, genuine_identity, keys, num_identities)
+
+    @classmethod
+    def from_keys(cls, genuine, genuine_identity, keys: np.ndarray, num_identities: int) -> "ScoreSet":
+        """From impostor keys written by :func:`_pack` (sorted here, in place)."""
+        scores = cls.__new__(cls)
+        scores._build(genuine, genuine_identity, keys, num_identities)
+        return scores
+
+    def _build(self, genuine, genuine_identity, keys, num_identities):
+        genuine = np.asarray(genuine, dtype=np.float32)
+        if genuine.size == 0:
+            raise ValueError("need at least one same-identity pair, got none")
+        if keys.size == 0:
+            raise ValueError("need at least one different-identity pair, got none")
+        if not np.all(np.isfinite(genuine)):
+            raise ValueError("scores contain NaN or inf")
+        self.num_identities = int(num_identities)
+        order = np.argsort(genuine, kind="stable")[::-1]
+        self.genuine = genuine[order]
+        self.genuine_identity = np.asarray(genuine_identity, dtype=np.int64)[order]
+        # One in-place sort of score-and-pair keys: no index array as large as the pairs.
+        keys.sort()
+        ascending, codes = _unpack(keys, num_identities)
+        del keys
+        if not np.all(np.isfinite(ascending[[0, -1]])):
+            raise ValueError("scores contain NaN or inf")
+        n = ascending.size
+        levels, level_starts = np.unique(-self.genuine, return_index=True)
+        levels = -levels  # descending
+        # Each distinct genuine score is a place where the ROC may cross FAR = FRR; the
+        # impostors strictly above it and at or above it are counted there.
+        self._genuine_above = level_starts
+        self._genuine_at_or_above = np.append(level_starts[1:], self.genuine.size)
+        positions = np.concatenate((n - np.searchsorted(ascending, levels, side="right"),
+                                    n - np.searchsorted(ascending, levels, side="left")))
+        self._eer_cuts = np.unique(positions[(positions > 0) & (positions < n)])
+        self._eer_index = np.searchsorted(np.concatenate(([0], self._eer_cuts, [n])), positions)
+        self.impostor = np.ascontiguousarray(ascending[::-1])
+        del ascending
+        self.impostor_pair = np.ascontiguousarray(codes[::-1])
+
+    @property
+    def num_genuine(self) -> int:
+        return int(self.genuine.size)
+
+    @property
+    def num_impostor(self) -> int:
+        return int(self.impostor.size)
+
+    def metrics(self, fars: Sequence[float], identity_weights=None) -> tuple[dict[float, float], float]:
+        """``({far: TAR}, EER)`` on the scores, each identity counted ``identity_weights[c]``
+        times (default once).
+
+        TAR follows :func:`tar_at_far`: at most ``floor(far * impostors)`` impostors may
+        score at or above the threshold.  EER follows :func:`equal_error_rate`: along the
+        ROC, FAR - FRR first becomes >= 0 at some genuine score level ``g`` (at the lowest
+        one FRR = 0).  Between the level above it and ``g`` only impostors pass and TAR
+        stays constant, so the crossing is either on that stretch (the EER is then its
+        FRR, whatever the impostors' scores) or on the segment that ends at ``g``,
+        interpolated.  So only the impostor weight above each genuine level is needed,
+        not the whole ROC.  NaN where the weights leave no genuine or no impostor pair.
+        """
+        if identity_weights is None:
+            genuine_w = np.ones(self.genuine.size)
+            impostor_w = None
+            impostor_total = float(self.impostor.size)
+        else:
+            w = np.asarray(identity_weights, dtype=np.int64)
+            genuine_w = w[self.genuine_identity].astype(np.float64)
+            # int32 products where they fit: half the memory traffic of the gather
+            pair_type = np.int32 if int(w.max(initial=0)) ** 2 < 2 ** 31 else np.int64
+            impostor_w = np.outer(w, w).astype(pair_type).ravel()[self.impostor_pair]
+            impostor_total = float(impostor_w.sum(dtype=np.int64))
+        genuine_total = genuine_w.sum()
+        if genuine_total == 0 or impostor_total == 0:
+            return {float(far): float("nan") for far in fars}, float("nan")
+        tars = weighted_rate_above_tail(self.genuine, genuine_w, self.impostor, impostor_w, fars)
+
+        genuine_cum = np.concatenate(([0.0], np.cumsum(genuine_w)))
+        far_a, far_b = np.split(self._impostor_weight_above_levels(impostor_w) / impostor_total, 2)
+        tar_a = genuine_cum[self._genuine_above] / genuine_total
+        tar_b = genuine_cum[self._genuine_at_or_above] / genuine_total
+        d_b = far_b - (1.0 - tar_b)
+        level = int(np.argmax(d_b >= 0))
+        d_a = far_a[level] - (1.0 - tar_a[level])
+        if d_a >= 0:  # crossed while only impostors passed: FAR = FRR = 1 - TAR there
+            eer = 1.0 - tar_a[level]
+        elif d_b[level] == 0:
+            eer = far_b[level]
+        else:
+            alpha = -d_a / (d_b[level] - d_a)
+            eer = far_a[level] + alpha * (far_b[level] - far_a[level])
+        return tars, float(eer)
+
+    def _impostor_weight_above_levels(self, impostor_w) -> np.ndarray:
+        """The impostor weight strictly above each genuine level, then at or above each:
+        one pass over the impostors (sums between the cut points), not a full cumulative sum."""
+        if impostor_w is None:
+            at_cuts = np.concatenate(([0], self._eer_cuts, [self.impostor.size]))
+        else:
+            segments = np.add.reduceat(impostor_w, np.concatenate(([0], self._eer_cuts)), dtype=np.int64)
+            at_cuts = np.concatenate(([0], np.cumsum(segments)))
+        return at_cuts[self._eer_index].astype(np.float64)
+
+
+def weighted_rate_above_tail(positive, positive_w, negative, negative_w,
+                             fars: Sequence[float]) -> dict[float, float]:
+    """The fraction of positives (by weight) above the threshold that lets at most
+    ``floor(far * total negative weight)`` negatives pass: TAR@FAR for pair scores,
+    DIR@FAR for probes (a genuine probe matched to the wrong identity has score -inf).
+
+    ``positive`` and ``negative`` are sorted descending; ``negative_w`` None means one
+    each.  The threshold is the highest negative score ``s*`` whose negatives at or above
+    it weigh more than allowed; every negative tied with ``s*`` is refused with it, and a
+    positive passes when ``> s*`` (no ``s*``: everything passes).  Weights are counts
+    (identities drawn with replacement), so the arithmetic is exact.  Only as many
+    negatives are summed as the largest allowance needs.  NaN without positive weight.
+    """
+    positive_total = float(np.sum(positive_w))
+    negative_total = float(negative.size if negative_w is None else np.sum(negative_w, dtype=np.int64))
+    if positive_total == 0:
+        return {float(far): float("nan") for far in fars}
+    allowed = {float(far): impostors_allowed(far, negative_total) for far in fars}
+    if negative_w is None:
+        first_over = allowed  # the (k + 1)-th negative is the first one too many
+    else:
+        length = min(negative.size, max(4096, 4 * max(allowed.values(), default=0)))
+        negative_cum = np.cumsum(negative_w[:length], dtype=np.int64)
+        if length < negative.size and negative_cum[-1] <= max(allowed.values()):
+            negative_cum = np.cumsum(negative_w, dtype=np.int64)
+        first_over = {far: int(np.searchsorted(negative_cum, k, side="right")) for far, k in allowed.items()}
+    positive_ascending = positive[::-1]
+    positive_cum_ascending = np.concatenate(([0.0], np.cumsum(positive_w[::-1])))
+    result = {}
+    for far, index in first_over.items():
+        if index >= negative.size:  # the negatives never weigh more than allowed
+            result[far] = 1.0
+            continue
+        at_or_below = np.searchsorted(positive_ascending, negative[index], side="right")
+        result[far] = float((positive_total - positive_cum_ascending[at_or_below]) / positive_total)
+    return result
+
+
+ALL_PAIRS_FARS = (1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def all_pairs_scores(emb: np.ndarray, labels: np.ndarray, block_elements: int = 1 << 20) -> ScoreSet:
+    """Every pair of distinct images scored (the IJB-B/C 1:1 protocol), in bounded memory.
+
+    The cosine matrix is never formed: rows are taken in blocks of about
+    ``block_elements / N`` images, each block's float64 product with the images after
+    it (``block_elements`` floats, 8 MB by default) is split into same-identity and
+    different-identity pairs, and only those scores are kept, each impostor as one
+    8-byte key (float32 score and identity pair, :class:`ScoreSet`).
+
+    Parameters
+    ----------
+    emb : array_like, shape (N, D)
+    labels : array_like, shape (N,)
+        Identity of each image; any values that compare equal for the same identity.
+
+    Returns
+    -------
+    ScoreSet
+        N(N-1)/2 scores; identities numbered in ``np.unique(labels)`` order.
+    """
+    emb = normalize_embeddings(emb)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
+        raise ValueError(f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
+                         f"got shape {labels.shape}")
+    identities, identity, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n = emb.shape[0]
+    num_genuine = int(np.sum(counts * (counts - 1) // 2))
+    keys = np.empty(n * (n - 1) // 2 - num_genuine, dtype=np.uint64)
+    genuine, genuine_identity = [], []
+    rows, filled = max(1, block_elements // max(n, 1)), 0
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sims = emb[start:stop] @ emb[start:].T  # (block, N - start): only pairs (i, j > i) are kept
+        later = np.arange(start, n)[None, :] > np.arange(start, stop)[:, None]
+        same = identity[start:stop, None] == identity[None, start:]
+        genuine.append(sims[later & same])
+        genuine_identity.append(np.broadcast_to(identity[start:stop, None], same.shape)[later & same])
+        different = later & ~same
+        count = int(np.count_nonzero(different))
+        codes = pair_code(identity[start:stop, None], identity[None, start:], len(identities))
+        _pack(sims[different].astype(np.float32), codes[different], keys[filled:filled + count])
+        filled += count
+    return ScoreSet.from_keys(np.concatenate(genuine), np.concatenate(genuine_identity), keys,
+                              len(identities))
+
+
+def all_pairs_verification(emb: np.ndarray, labels: np.ndarray,
+                           fars: Sequence[float] = ALL_PAIRS_FARS) -> tuple[dict, ScoreSet]:
+    """TAR at each FAR and the EER over every pair of images (:func:`all_pairs_scores`).
+
+    Returns
+    -------
+    metrics : dict
+        ``tar_at_far`` ({far_key: tar}), ``impostors_allowed`` ({far_key: floor(far * n)}:
+        0 means the FAR is below what the protocol resolves, and the TAR is that at
+        FAR = 0), ``eer``, ``num_images``, ``num_identities``, ``num_genuine_pairs``,
+        ``num_impostor_pairs``, ``seconds`` (wall time of scoring and metrics).
+    scores : ScoreSet
+        For intervals (amnp.statistics.bootstrap_all_pairs).
+    """
+    started = time.perf_counter()
+    scores = all_pairs_scores(emb, labels)
+    tars, eer = scores.metrics(fars)
+    metrics = {
+        "tar_at_far": {far_key(far): tar for far, tar in tars.items()},
+        "impostors_allowed": {far_key(far): impostors_allowed(far, scores.num_impostor) for far in fars},
+        "eer": eer,
+        "num_images": int(np.asarray(labels).size),
+        "num_identities": scores.num_identities,
+        "num_genuine_pairs": scores.num_genuine,
+        "num_impostor_pairs": scores.num_impostor,
+    }
+    metrics["seconds"] = time.perf_counter() - started
     return metrics, scores

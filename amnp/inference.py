@@ -21,8 +21,9 @@ import numpy as np
 from . import figures, rundir
 from .backend import asarray, get_array_module, to_numpy
 from .data import make_gallery_probes, make_open_set_protocol
-from .evaluation import evaluate_verification, roc_curve
+from .evaluation import roc_curve
 from .functional import l2_normalize_forward
+from .statistics import evaluate_with_intervals
 from .validation import NonFiniteError
 
 
@@ -68,16 +69,17 @@ def features(net, images_uint8, mirror: bool) -> np.ndarray:
 def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mirror: bool, seed: int,
                      gallery=None, probes=None):
     """Every protocol of amnp.evaluation on held-out images: verification on the given
-    pairs and folds, closed-set identification on ``gallery``/``probes`` (drawn from the
-    labels with the seed when not given) and open-set DIR@FAR on a protocol drawn from the
-    labels with the seed.  Returns (metrics dict, pair scores)."""
+    pairs and folds and on all pairs of images, closed-set identification on
+    ``gallery``/``probes`` (drawn from the labels with the seed when not given) and open-set
+    DIR@FAR on a protocol drawn from the labels with the seed, each with a bootstrap
+    interval over identities (amnp.statistics).  Returns (metrics dict, pair scores)."""
     embeddings = embed(net, images_uint8, mirror)
     if gallery is None:
         gallery, probes = make_gallery_probes(labels, np.random.default_rng([seed, 3]))
     gallery_open, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng([seed, 4]))
-    metrics, scores = evaluate_verification(
+    metrics, scores = evaluate_with_intervals(
         embeddings, labels, pairs, pair_same, pair_fold, gallery, probes,
-        open_set=(gallery_open, np.concatenate([genuine, impostors])))
+        open_set=(gallery_open, np.concatenate([genuine, impostors])), seed=seed)
     metrics["mirror_fused"] = bool(mirror)
     return metrics, scores
 
