@@ -15,6 +15,7 @@ from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 from .host_guard import guard, guard_parameters, transfers
+from .test_distributed import mpi_missing
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -74,3 +75,22 @@ def test_speed_times_steps_that_read_nothing_back():
     with transfers() as count:
         speed.training_step(net, head, SGD(model), x, y)
     assert count.downloads == 0
+
+
+def test_distributed_benchmark_runs_at_toy_size():
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI benchmark skipped: {reason}")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "distributed.py"), "--presets", "small", "--ranks", "1", "2",
+                           "--batch-size", "4", "--classes", "10", "--steps", "1", "--timeout", "120"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert [row[3:5] for row in rows if row[:1] == ["small"]] == [["1", "replicated"], ["2", "replicated"],
+                                                                  ["2", "sharded"]]
+    # the traffic is counted from the arrays sent: the sharded head's collectives appear, with bytes
+    collectives = [" ".join(row[:row.index("call(s)") - 1]) for row in rows if "call(s)" in row]
+    assert collectives == ["gradients: all-reduce sum",
+                           "gradients: all-reduce sum", "head: all-gather", "head: all-reduce max",
+                           "head: all-reduce sum", "head: reduce-scatter"]
+    assert "sharded, P = 8: 3 x 10,718 x 512 x 4 B = 62.8 MiB" in done.stdout
