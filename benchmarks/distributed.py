@@ -53,7 +53,7 @@ class CountingCommunicator:
     bytes handed in and got back by this rank, and the seconds spent in them."""
 
     def __init__(self, comm):
-        self.comm, self.phase = comm, "head"
+        self.phase = "head"  # "gradients" while the trainer's gradient all-reduce runs
         self.calls, self.bytes_in, self.bytes_out, self.seconds = (defaultdict(int), defaultdict(int),
                                                                    defaultdict(int), defaultdict(float))
         for name, kind in (("_all_reduce", "all-reduce"), ("_all_gather", "all-gather"),
@@ -82,7 +82,7 @@ def resident_mib():
 
 
 def job(spec):
-    """One rank of one measurement: returns its numbers (rank 0 prints them as JSON)."""
+    """One rank of one measurement; rank 0 prints every rank's numbers as one JSON line."""
     from amnp.config import TrainConfig
     from amnp.data.dataset import DeviceImages
     from amnp.distributed.mpi import MPICommunicator
@@ -100,6 +100,7 @@ def job(spec):
     config = TrainConfig(model=spec["model"], batch_size=batch, iters=steps + 1, warmup=1)
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(config, dataset, out_dir, progress=False, comm=comm, sharded_head=spec["sharded"])
+    # the trainer's one gradient collective per step, timed whole (packing, MPI, unpacking)
     reduce_gradients = trainer._all_reduce_gradients
     gradient_seconds = []
 
