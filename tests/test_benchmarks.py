@@ -15,6 +15,7 @@ from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
 from .host_guard import guard, guard_parameters, transfers
+from .test_distributed import mpi_missing
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -74,3 +75,25 @@ def test_speed_times_steps_that_read_nothing_back():
     with transfers() as count:
         speed.training_step(net, head, SGD(model), x, y)
     assert count.downloads == 0
+
+
+def test_distributed_benchmark_runs_at_toy_size():
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI benchmark skipped: {reason}")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "distributed.py"), "--presets", "small", "--ranks", "1", "2",
+                           "--batch-size", "4", "--classes", "10", "--steps", "1", "--timeout", "120"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    jobs = [i for i, row in enumerate(rows) if row[:1] == ["small"]]
+    assert [rows[i][3:5] for i in jobs] == [["1", "replicated"], ["2", "replicated"], ["2", "sharded"]]
+    # the traffic is counted from the arrays sent: on 2 ranks of 2 rows, 128-d embeddings (float32)
+    traffic = {" ".join(row[:row.index("call(s)") - 1]): " ".join(row[row.index("call(s)") + 1:-2])
+               for row in rows[jobs[-1]:] if "call(s)" in row}  # the sharded job's lines
+    assert traffic.keys() == {"gradients: all-reduce sum", "head: all-gather", "head: all-reduce max",
+                              "head: all-reduce sum", "head: reduce-scatter"}
+    assert traffic["head: all-gather"] == "in 1.0 KiB out 2.0 KiB"  # 2 x 128 floats and 2 labels
+    assert traffic["head: all-reduce max"] == "in 48 B out 48 B"  # 3 numbers for each of 4 rows
+    assert traffic["head: reduce-scatter"] == "in 2.0 KiB out 1.0 KiB"  # 4 x 128 floats in, 2 x 128 out
+    assert "sharded, P = 8: 3 x 10,718 x 512 x 4 B = 62.8 MiB" in done.stdout
