@@ -14,6 +14,8 @@ from .common import _as_float_array, _close, _fail, _ok, _rng, _worst, guarded
 # amnp's own versions of this tutorial's exercises: an answer that calls one scores 0
 IMPLEMENTATIONS = (all_reduce_gradients, ShardedMarginHead.forward, ShardedMarginHead.backward)
 
+# how long a rank waits in a collective that another rank never joins
+COLLECTIVE_TIMEOUT_S = 10.0
 SAME_COLLECTIVES = "every rank must call the same collectives in the same order, or the others wait forever"
 
 
@@ -51,9 +53,9 @@ def _on_ranks(answer, exercise, inputs):
         return answer(counted, *inputs[comm.rank]), counted.calls
 
     try:
-        return run_simulated(len(inputs), rank, timeout=10.0)
+        return run_simulated(len(inputs), rank, timeout=COLLECTIVE_TIMEOUT_S)
     except threading.BrokenBarrierError:
-        _fail(f"{exercise}: a rank waited 10 s in a collective that another rank never joined", SAME_COLLECTIVES)
+        _fail(f"{exercise}: a rank waited {COLLECTIVE_TIMEOUT_S:g} s in a collective that another rank never joined", SAME_COLLECTIVES)
 
 
 def _same_on_every_rank(results, exercise, hint):
@@ -95,8 +97,9 @@ def check_data_parallel_gradient(data_parallel_gradient, sum_of_losses_gradient)
             _fail(f"{exercise}: {len(sizes)} ranks: your gradient is 1/{p} of the one-process gradient",
                   "each rank's share (its sum / the global N) is already part of the global mean: SUM the "
                   "shares; averaging divides by P once more and silently shrinks the learning rate")
-        if _close(got, want * p, rtol=1e-9, atol=1e-12):
-            _fail(f"{exercise}: {len(sizes)} ranks: your gradient is {p} times the one-process gradient",
+        if _close(got, sum(s / m for s, m in zip(sums, sizes)), rtol=1e-9, atol=1e-12):
+            _fail(f"{exercise}: {len(sizes)} ranks: your gradient is the sum of the local means, about {p} "
+                  "times the one-process gradient",
                   "each rank divided by its own batch size and the results were summed: divide the summed "
                   "gradient by the global N (the sum of the local batch sizes)")
         if _close(got, sum(s / m for s, m in zip(sums, sizes)) / p, rtol=1e-9, atol=1e-12):
