@@ -249,6 +249,6 @@ say("sharded embedding gradient against one process: "
 #   the shares and hands each rank its own rows, half the traffic of an all-reduce.
 #
 # ## Open exercises
-# 1. Put the row maxima and the target logits in one all-reduce: which op would both need, and why can the target logit not ride with the maximum?
+# 1. Each row's target logit lives on one rank. Send it in the MAX all-reduce beside the row maxima instead of in a SUM of its own: what must the other ranks put in its place? (`ShardedMarginHead` sends the target cosine that way.)
 # 2. Rewrite `data_parallel_gradient` with a per-rank **local** mean. When does averaging give the right answer, and what goes wrong with an uneven last batch?
 # 3. In a ring, an all-reduce sends $2(P-1)/P$ of the buffer per rank and a reduce-scatter $(P-1)/P$. For $N = 512$ embeddings of $D = 512$ float32 on $P = 8$ ranks, how many bytes does each rank send in the backward, each way?
