@@ -44,7 +44,7 @@ def teacher(number):
     return types.SimpleNamespace(**namespace)
 
 
-T1, T2, T3, T4, T5, T6, T7, T8, T9, T10 = (teacher(n) for n in range(1, 11))
+T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11 = (teacher(n) for n in range(1, 12))
 
 
 # ---------------------------------------------------------------------------- tutorial 1
@@ -673,6 +673,134 @@ def test_am_softmax_wofn_backward():
     rejects(check, lambda cos, norms, labels, m: T6.am_softmax_wofn_backward(cos, norms, labels, m)[0], "tuple")
 
 
+# ---------------------------------------------------------------------------- tutorial 11
+def data_parallel(comm, weight, x, labels, mistake=None):
+    """A data-parallel gradient with one named mistake."""
+    grad = T11.sum_of_losses_gradient(weight, x, labels)
+    if mistake in ("sum of local means", "average of local means"):
+        grad = comm.all_reduce(grad / len(labels))
+        return grad / comm.size if mistake == "average of local means" else grad
+    count = np.array([float(len(labels))])
+    if mistake != "local count":
+        comm.all_reduce(count)
+    if mistake != "no reduction":
+        comm.all_reduce(grad)
+    return grad / count[0] / (comm.size if mistake == "average" else 1)
+
+
+def test_data_parallel_gradient(capsys, monkeypatch):
+    check = lambda b: checks.check_data_parallel_gradient(b, T11.sum_of_losses_gradient)
+    check(T11.data_parallel_gradient)
+    check(data_parallel)
+    assert "[ok] data_parallel_gradient" in capsys.readouterr().out
+    rejects(check, lambda *a: data_parallel(*a, "average"), "SUM the shares")
+    rejects(check, lambda *a: data_parallel(*a, "average of local means"), "uneven ones a row of the smaller batch")
+    rejects(check, lambda *a: data_parallel(*a, "sum of local means"), "(?s)sum of the local means.*global N")
+    rejects(check, lambda *a: data_parallel(*a, "no reduction"), "all-reduce the local gradients")
+    rejects(check, lambda *a: data_parallel(*a, "local count"), "divide by the global N, not the local")
+    rejects(check, lambda comm, w, x, y: data_parallel(comm, w, x, y)[:2], "shape")
+    rejects(check, lambda comm, *a: all_reduce_by_amnp(comm, *a), "calls amnp.distributed.gradients.all_reduce_grad")
+    # a rank that skips a collective ends the check instead of hanging it
+    monkeypatch.setattr(checks.tutorial11, "COLLECTIVE_TIMEOUT_S", 0.5)
+    rejects(check, lambda comm, *a: data_parallel(comm, *a, "no reduction" if comm.rank else None), "never joined")
+
+
+def all_reduce_by_amnp(comm, weight, x, labels):
+    from amnp.distributed import all_reduce_gradients
+    grad = T11.sum_of_losses_gradient(weight, x, labels)
+    count = comm.all_reduce(np.array([float(len(labels))]))
+    all_reduce_gradients(comm, [grad])
+    return grad / count[0]
+
+
+def test_data_parallel_gradient_is_judged_on_uneven_and_even_batches():
+    """Uneven local batches catch the average of local means, which equal ones cannot."""
+    sizes_seen = []
+
+    def recorded(comm, weight, x, labels):
+        sizes_seen.append(len(labels))
+        return T11.data_parallel_gradient(comm, weight, x, labels)
+
+    checks.check_data_parallel_gradient(recorded, T11.sum_of_losses_gradient)
+    assert sorted(sizes_seen) == [3, 4, 4, 4, 5]
+
+
+def logsumexp(comm, z, use_max=True, max_op="max", add_back=True, reduce=True, gather=False):
+    """A distributed log-sum-exp with one switchable mistake."""
+    if gather:      # every rank's logits, N x C, on every rank
+        z = comm.all_gather(np.ascontiguousarray(z.T), comm.all_gather_sizes(z.shape[1])).T
+        reduce = False
+    top = z.max(axis=1) if use_max else np.zeros(z.shape[0])
+    if use_max and reduce:
+        comm.all_reduce(top, op=max_op)
+    total = np.exp(z - top[:, None]).sum(axis=1)
+    if reduce:
+        comm.all_reduce(total)
+    return (top if add_back else 0) + np.log(total)
+
+
+def test_global_logsumexp(capsys):
+    check = checks.check_global_logsumexp
+    check(T11.global_logsumexp)
+    check(logsumexp)
+    assert "[ok] global_logsumexp" in capsys.readouterr().out
+    rejects(check, lambda comm, z: logsumexp(comm, z, use_max=False), "op='max'")
+    rejects(check, lambda comm, z: logsumexp(comm, z, max_op="sum"), "a sum of maxima is no maximum")
+    rejects(check, lambda comm, z: logsumexp(comm, z, add_back=False), "add the maximum back")
+    rejects(check, lambda comm, z: logsumexp(comm, z, reduce=False), "rank 0's classes only")
+    rejects(check, lambda comm, z: logsumexp(comm, z, gather=True), "not to gather the logits")
+    rejects(check, lambda comm, z: logsumexp(comm, z)[:, None], "one number per row")
+
+    def local_maximum(comm, z):    # each rank subtracts its own maximum: the sums do not add up
+        top = z.max(axis=1)
+        return top + np.log(comm.all_reduce(np.exp(z - top[:, None]).sum(axis=1)))
+
+    rejects(check, local_maximum, "the same maximum")
+
+
+def embedding(comm, dlogits, weight, sizes, how="reduce_scatter", average=False):
+    """An embedding gradient with one switchable mistake."""
+    partial = np.ascontiguousarray(dlogits @ weight)
+    start = sum(sizes[:comm.rank])
+    mine = slice(start, start + sizes[comm.rank])
+    if how == "reduce_scatter":
+        grad = comm.reduce_scatter(partial, sizes)
+    elif how == "all_reduce, all rows":
+        return comm.all_reduce(partial)
+    elif how == "all_reduce":
+        grad = comm.all_reduce(partial)[mine]
+    elif how == "all_gather":
+        everyone = comm.all_gather(partial, [len(partial)] * comm.size)
+        grad = everyone.reshape(comm.size, len(partial), -1).sum(axis=0)[mine]
+    else:
+        grad = partial[mine]
+    return grad / comm.size if average else grad
+
+
+def test_embedding_gradient(capsys):
+    checks.check_embedding_gradient(T11.embedding_gradient)
+    checks.check_embedding_gradient(embedding)
+    assert "[ok] embedding_gradient" in capsys.readouterr().out
+    for how, hint in (("all_reduce, all rows", "own embeddings only"),
+                      ("all_reduce", "(?s)right numbers, but through all_reduce.*reduce_scatter"),
+                      ("all_gather", "right numbers, but through all_gather"),
+                      ("none", "sum them over the ranks")):
+        rejects(checks.check_embedding_gradient, lambda *a: embedding(*a, how=how), hint)
+    rejects(checks.check_embedding_gradient, lambda *a: embedding(*a, average=True), "do not average")
+
+
+def test_answers_that_call_the_sharded_head_are_refused():
+    from amnp.distributed import ShardedMarginHead, build_sharded_head
+
+    def through_the_head(comm, z):
+        head = build_sharded_head("am-softmax", 2, 2 * comm.size, comm, dtype=np.float64, rng=0)
+        head.forward(np.ones((z.shape[0], 2)), np.zeros(z.shape[0], dtype=np.int64))
+        return T11.global_logsumexp(comm, z)
+
+    assert ShardedMarginHead.forward in checks.tutorial11.IMPLEMENTATIONS
+    rejects(checks.check_global_logsumexp, through_the_head, "calls amnp.distributed.sharded_head.ShardedMarginHead.forward")
+
+
 # ---------------------------------------------------------------------------- inline questions
 def test_answers():
     checks.check_answer("01.forward_calls", 24)
@@ -681,6 +809,8 @@ def test_answers():
     rejects(lambda v: checks.check_answer("01.forward_calls", v), 12, "twice per entry")
     rejects(lambda v: checks.check_answer("06.margin_every_column", v), "a", "constant added")
     rejects(lambda v: checks.check_answer("04.radial", v), "zero", "the answer is a number")
+    checks.check_answer("11.softmax_numbers", 512)
+    rejects(lambda v: checks.check_answer("11.softmax_numbers", v), 256 * 10**5 // 8, "C does not appear")
     with pytest.raises(KeyError, match="no question"):
         checks.check_answer("99.nothing", 1)
 

@@ -6,11 +6,13 @@ tutorials/README.md are tested too.
 All tutorials run once per session, as separate interpreters (as a student would run
 them), two at a time; the tests below read their results.
 """
+import importlib.util
 import json
 import math
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +64,7 @@ def runs(tmp_path_factory):
 
 
 def test_the_series_is_complete():
-    assert [name[:2] for name in NAMES] == [f"{i:02d}" for i in range(1, 11)], NAMES
+    assert [name[:2] for name in NAMES] == [f"{i:02d}" for i in range(1, 12)], NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -140,14 +142,14 @@ def test_student_build_compiles_and_ships_the_checks(tmp_path):
         markers = [line for line in text.splitlines() if line.strip() in (build.BEGIN, build.END)]
         assert not markers and re.search(r'NotImplementedError\("(exercise|inline question) 1: ', text), path.name
     assert sorted(p.name for p in (tmp_path / "checks").glob("tutorial*.py")) == [f"tutorial{i:02d}.py"
-                                                                                   for i in range(1, 11)]
+                                                                                   for i in range(1, 12)]
     assert (tmp_path / "README.md").read_text(encoding="utf-8").startswith("# amnp tutorials: your copy")
 
 
 def test_the_student_build_does_not_show_the_inline_answers(tmp_path):
     build.build_student(tmp_path)
     shipped = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "checks").glob("*.py"))
-    for giveaway in ("1/3000 = 3.3e-4", "eps^(1/3) ~ 5e-3", "about 9.5 degrees", 'answer="b"', "9.513"):
+    for giveaway in ("1/3000 = 3.3e-4", "eps^(1/3) ~ 5e-3", "about 9.5 degrees", 'answer="b"', "9.513", "2N = 512"):
         assert giveaway not in shipped
     # ... and its checks still know them
     done = subprocess.run([sys.executable, "-c", "import checks; checks.check_answer('09.far_resolution', 3.3e-4)"],
@@ -269,6 +271,22 @@ def test_tutorial_10_times_steps_that_read_nothing_back(tmp_path, monkeypatch):
     with transfers() as count:
         tutorial["train_step"](net, classifier, x, y)
     assert count.downloads == 0
+
+
+def test_tutorial_11_runs_on_real_processes_under_mpiexec(tmp_path):
+    """Under mpiexec the tutorial talks through MPI between real processes (not simulated
+    ranks), and every rank passes its checks."""
+    if importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None:
+        pytest.skip('MPI test skipped: mpi4py or mpiexec is missing (pip install "amnp[dist]")')
+    script = TUTORIALS / "11_many_processes_by_hand.py"
+    done = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", str(script)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=environment(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "ranks: 2 (processes under mpiexec)" in done.stdout
+    source = script.read_text(encoding="utf-8")
+    calls = len(re.findall(r"^\s*checks\.check_\w+\(", source, flags=re.M))
+    assert done.stdout.count("[ok] ") == 2 * calls            # each process ran every check
+    assert done.stdout.count("against one process") == 3      # rank 0 alone prints the comparisons
 
 
 def test_derivation_anchors_exist():

@@ -39,3 +39,4 @@ from .tutorial08 import check_margin_ramp, check_smallest_scale, target_probabil
 from .tutorial09 import (check_best_threshold, check_dir_at_far, check_eer, check_kfold_accuracy, check_roc,  # noqa: E402
                          check_tar_at_far)
 from .tutorial10 import check_measure  # noqa: E402
+from .tutorial11 import check_data_parallel_gradient, check_embedding_gradient, check_global_logsumexp  # noqa: E402

@@ -49,4 +49,7 @@ ANSWERS = {
     "10.sync": dict(kind="choice", answer="b", form="the letter as a string, e.g. 'b'",
                     hint="kernel launches return before the work is done",
                     why="without synchronising you time the launches, not the work"),
+    "11.softmax_numbers": dict(kind="number", answer=512, tolerance=0, form="a whole number",
+                               hint="what does each row need from the other ranks' classes? C does not appear",
+                               why="one maximum and one sum per row of the global batch: 2N = 512, whatever C is"),
 }
