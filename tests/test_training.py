@@ -70,6 +70,23 @@ def test_resumed_run_ends_with_exactly_the_parameters_of_the_uninterrupted_run(t
     assert steps == [2, 4, 5, 6, 8, 10, 12]
 
 
+def test_each_epoch_draws_its_order_once_and_batches_walk_it(tmp_path, monkeypatch):
+    """The permutation of an epoch is drawn once, not at every step, and the batches are the
+    consecutive slices of it that the (seed, epoch) rule defines."""
+    trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
+    drawn = []
+    rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda seed=None: drawn.append(seed) or rng(seed))
+    per_epoch, b = trainer.steps_per_epoch, trainer.config.batch_size
+    batches = [trainer.batch_indices(step) for step in range(2 * per_epoch)]
+    assert drawn.count([trainer.config.seed, 1, 0]) == 1 and drawn.count([trainer.config.seed, 1, 1]) == 1
+    for epoch in range(2):
+        order = rng([trainer.config.seed, 1, epoch]).permutation(trainer.num_train)
+        for position in range(per_epoch):
+            np.testing.assert_array_equal(batches[epoch * per_epoch + position],
+                                          order[position * b:(position + 1) * b])
+
+
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
     forward = trainer.model.head.forward
