@@ -33,6 +33,7 @@ from .evaluation import roc_curve
 from .config import TrainConfig, build_head, read_config, resolve_loss_options
 from .functional import l2_normalize_forward
 from .heads import TrainingModel
+from .layers import inference_mode
 from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
@@ -396,6 +397,7 @@ def sphere_features(entries, dataset, seed: int, steps: int = SPHERE_STEPS,
             index = asarray(batches.choice(len(rows), min(SPHERE_BATCH, len(rows)), replace=False))
             with value_checks(False):  # labels 0 .. identities − 1 by construction, as in training
                 sgd_step(model, optimizer, x[index], labels[index], schedule(step), step)
-        features, _ = l2_normalize_forward(net.forward(x))
+        with inference_mode():
+            features, _ = l2_normalize_forward(net.forward(x))
         panels[entry_title(entry)] = (to_numpy(features), labels_host)
     return panels

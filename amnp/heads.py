@@ -57,8 +57,7 @@ class SoftmaxHead(Head):
     def forward(self, embeddings, labels):
         self.embeddings, self.labels = embeddings, labels
         self.scores = self.classifier.forward(embeddings)
-        loss, self._cache = F.softmax_cross_entropy_forward(self.scores, labels)
-        return loss
+        return self._remember(*F.softmax_cross_entropy_forward(self.scores, labels))
 
     def backward(self, dout=1.0):
         """dout · dLoss/d(embeddings) for the last forward; fills the classifier's grads."""
@@ -135,9 +134,8 @@ class MarginHead(Head):
     def forward(self, embeddings, labels):
         self.labels = labels
         self.scores = self.classifier.forward(embeddings)
-        loss, self._cache = F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
-                                                     self.name)
-        return loss
+        return self._remember(*F.margin_softmax_forward(self.scores, labels, self.margin, self._scale(),
+                                                         self.name))
 
     def backward(self, dout=1.0):
         """dout · dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""

@@ -23,6 +23,7 @@ from .backend import asarray, get_array_module, to_numpy
 from .data import make_gallery_probes, make_open_set_protocol
 from .evaluation import roc_curve
 from .functional import l2_normalize_forward
+from .layers import inference_mode
 from .statistics import evaluate_with_intervals
 from .validation import NonFiniteError
 
@@ -42,14 +43,16 @@ EMBED_BATCH = 256
 
 def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH) -> np.ndarray:
     """Embeddings (N, D) on the host for uint8 images; with ``mirror`` the embedding of each
-    image is summed with that of its mirror image (the AM-Softmax deploy net)."""
+    image is summed with that of its mirror image (the AM-Softmax deploy net).  The forward
+    passes run in inference mode: no layer keeps its activations for a backward."""
     chunks = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = preprocess(asarray(images_uint8[start:start + batch_size]))
-        e = net.forward(x)
-        if mirror:
-            e = e + net.forward(x[..., ::-1])
-        chunks.append(to_numpy(e))
+    with inference_mode():
+        for start in range(0, len(images_uint8), batch_size):
+            x = preprocess(asarray(images_uint8[start:start + batch_size]))
+            e = net.forward(x)
+            if mirror:
+                e = e + net.forward(x[..., ::-1])
+            chunks.append(to_numpy(e))
     return np.concatenate(chunks).astype(np.float64)
 
 

@@ -25,8 +25,7 @@ class SoftmaxCrossEntropyLoss(Loss):
     """Softmax cross-entropy on logits (N, C) with integer labels (N,)."""
 
     def forward(self, scores, labels):
-        loss, self._cache = F.softmax_cross_entropy_forward(scores, labels)
-        return loss
+        return self._remember(*F.softmax_cross_entropy_forward(scores, labels))
 
     def backward(self, dout=1.0):
         return F.softmax_cross_entropy_backward(dout, self._last_cache())
@@ -47,8 +46,7 @@ class AMSoftmaxLoss(Loss):
         self.m, self.s, self.conditional = float(m), float(s), bool(conditional)
 
     def forward(self, scores, labels):
-        loss, self._cache = F.am_softmax_forward(scores, labels, self.m, self.s, self.conditional)
-        return loss
+        return self._remember(*F.am_softmax_forward(scores, labels, self.m, self.s, self.conditional))
 
     def backward(self, dout=1.0):
         return F.am_softmax_backward(dout, self._last_cache())

@@ -427,7 +427,7 @@ def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: i
     net, head = model.net, model.head
     head.set_step(step)
     loss = head.forward(net.forward(x), labels)
-    net.backward(head.backward(share))
+    net.backward(head.backward(share), input_grad=False)  # the images need no gradient
     if reduce_gradients is not None:
         reduce_gradients(model)
     optimizer.step(lr)

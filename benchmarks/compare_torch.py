@@ -3,6 +3,7 @@
     python benchmarks/compare_torch.py                                   # small, batch 128, 1000 classes
     python benchmarks/compare_torch.py --model sphereface20 --batch-size 16 --classes 10516
     python benchmarks/compare_torch.py --breakdown        # where the time goes, op by op
+    python benchmarks/compare_torch.py --embedding        # inference: images/s and memory
 
 Each round starts one fresh process per side (amnp, then PyTorch, alternating), which
 builds the network, warms up, and times ``--steps`` training steps (network forward and
@@ -25,6 +26,14 @@ recording autograd, backward as ``torch.autograd.grad`` of that op), after two w
 Each figure is the median over ``--steps`` steps or calls; layers of the same kind and
 shape are merged into one row.  An op timed alone runs with its data in cache, so the
 PyTorch column is, if anything, a little fast.
+
+With ``--embedding`` only the embedding pass is timed, by three sides in alternating
+processes: amnp in inference mode (as ``amnp embed``, ``eval``, ``verify`` and ``compare``
+run it), amnp's forward as a training step runs it (every layer keeping its backward
+cache), and PyTorch's ``eval()`` forward under ``torch.no_grad()``; each reports images per
+second and how far the first ``--steps`` passes raised the process's peak resident memory
+above its peak before them (the activations' memory: the network, the batch and the
+libraries are there before).
 
 PyTorch is not an amnp dependency: without it (or with ``--amnp-only``), only amnp is
 timed.  Both sides get the same thread count (``--threads``, default: every core) through the usual environment
@@ -101,7 +110,9 @@ def amnp_batch(model, batch_size, classes):
 
 
 def amnp_training(model, batch_size, classes):
-    """(step, embed) closures for amnp on the current backend, on a fixed random batch."""
+    """(step, embed) closures for amnp on the current backend, on a fixed random batch: the
+    trainer's step, and the embedding pass in inference mode, as amnp.inference runs it."""
+    from amnp.layers import inference_mode
     from amnp.validation import value_checks
 
     net, head = amnp_model(model, classes)
@@ -111,10 +122,14 @@ def amnp_training(model, batch_size, classes):
     def step():
         with value_checks(False):  # as the trainer: no host reads
             head.forward(net.forward(x), y)
-        net.backward(head.backward())
+        net.backward(head.backward(), input_grad=False)
         optimizer.step(LEARNING_RATE)
 
-    return step, lambda: net.forward(x)
+    def embed():
+        with inference_mode():
+            net.forward(x)
+
+    return step, embed
 
 
 def torch_leaf(layer, x, params, prefix):
@@ -278,9 +293,9 @@ def amnp_breakdown(model, batch_size, classes, repeats):
     inner = [0.0]  # seconds spent in timed ops so far: a residual block's own time excludes them
 
     def timed(function, samples, own_time_only):
-        def call(*args):
+        def call(*args, **kwargs):
             before, start = inner[0], time.perf_counter()
-            result = function(*args)
+            result = function(*args, **kwargs)
             elapsed = time.perf_counter() - start
             if own_time_only:
                 elapsed -= inner[0] - before
@@ -308,7 +323,7 @@ def amnp_breakdown(model, batch_size, classes, repeats):
                 samples.clear()
         start = time.perf_counter()
         head_forward(net.forward(x))
-        net.backward(head_backward())
+        net.backward(head_backward(), input_grad=False)
         update()
         steps.append(time.perf_counter() - start)
     rows = [(label, statistics.median(forward), statistics.median(backward))
@@ -371,6 +386,45 @@ def torch_breakdown(model, batch_size, classes, repeats):
     return rows, median_call(step, repeats)
 
 
+def amnp_embedding(model, batch_size, classes, recording):
+    """The embedding pass alone: in inference mode, or (``recording``) as a training step's
+    forward runs, every layer keeping its cache."""
+    from amnp.layers import inference_mode
+
+    net, _ = amnp_model(model, classes)
+    x, _ = amnp_batch(model, batch_size, classes)
+    if recording:
+        return lambda: net.forward(x)
+
+    def embed():
+        with inference_mode():
+            net.forward(x)
+
+    return embed
+
+
+def torch_embedding(model, batch_size, classes):
+    import torch
+
+    from amnp import models
+
+    torch_model = TorchModel(model, classes)
+    x = torch.from_numpy(make_batch(models.PRESETS[model][3], batch_size, classes)[0])
+
+    def embed():
+        with torch.no_grad():
+            torch_model.forward(torch_model.net, x)
+
+    return embed
+
+
+def embedding_timings(embed, steps):
+    """Seconds per pass and the rise of the peak RSS (MiB) over the passes."""
+    before = peak_rss_mib()
+    wall, cpu = time_calls(embed, steps)
+    return {"embed": wall, "embed_cpu": cpu, "activations_mib": peak_rss_mib() - before}
+
+
 def timings(step, embed, steps):
     (step_wall, step_cpu), (embed_wall, embed_cpu) = time_calls(step, steps), time_calls(embed, steps)
     return {"step": step_wall, "step_cpu": step_cpu, "embed": embed_wall, "embed_cpu": embed_cpu}
@@ -425,7 +479,16 @@ def blas_description():
 
 
 def worker(args):
-    if args.breakdown:
+    if args.embedding:
+        if args.worker == "torch":
+            import torch
+
+            torch.set_num_threads(args.threads)
+            embed = torch_embedding(args.model, args.batch_size, args.classes)
+        else:
+            embed = amnp_embedding(args.model, args.batch_size, args.classes, args.worker == "amnp-recording")
+        result = embedding_timings(embed, args.steps)
+    elif args.breakdown:
         breakdown = amnp_breakdown if args.worker == "amnp" else torch_breakdown
         if args.worker == "torch":
             import torch
@@ -436,7 +499,7 @@ def worker(args):
     else:
         result = run_amnp(args) if args.worker == "amnp" else run_torch(args)
     result["peak_rss_mib"] = peak_rss_mib()
-    if args.worker == "amnp":
+    if args.worker != "torch":
         result["blas"] = blas_description()
     else:
         import torch
@@ -454,8 +517,9 @@ def run_round(side, args):
     command = [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", args.model,
                "--batch-size", str(args.batch_size), "--classes", str(args.classes),
                "--steps", str(args.steps), "--threads", str(args.threads)]
-    if args.breakdown:
-        command.append("--breakdown")
+    for flag in ("breakdown", "embedding"):
+        if getattr(args, flag):
+            command.append("--" + flag)
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
     if finished.returncode != 0:
         sys.exit(f"the {side} process failed:\n{finished.stderr}")
@@ -524,15 +588,18 @@ def main():
     parser.add_argument("--breakdown", action="store_true",
                         help="time each op of the network (each layer, residual sum, the head, "
                              "the update) alone instead of whole steps; --steps calls per op")
+    parser.add_argument("--embedding", action="store_true",
+                        help="time the embedding pass alone: amnp in inference mode, amnp keeping its "
+                             "caches, PyTorch's eval() forward; images/s and the activations' memory")
     parser.add_argument("--amnp-only", action="store_true",
                         help="time amnp alone, as when PyTorch is not installed")
-    parser.add_argument("--worker", choices=["amnp", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["amnp", "amnp-recording", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
 
-    sides = ["amnp"]
+    sides = ["amnp", "amnp-recording"] if args.embedding else ["amnp"]
     if importlib.util.find_spec("torch") is None:
         print("PyTorch is not installed: timing amnp alone.")
     elif not args.amnp_only:
@@ -541,13 +608,14 @@ def main():
     for round_index in range(args.rounds):
         for side in sides if round_index % 2 == 0 else reversed(sides):
             results[side].append(run_round(side, args))
-        if args.breakdown:
+        if args.breakdown or args.embedding:
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
             continue
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{side} {results[side][-1]['step'] * 1000:.0f} ms/step" for side in sides), flush=True)
 
-    what = "median ms per call of each op alone" if args.breakdown else "median"
+    what = ("median ms per call of each op alone" if args.breakdown
+            else "embedding pass only, median" if args.embedding else "median")
     print(f"\n{args.model}, batch {args.batch_size}, {args.classes} classes, {args.threads} threads, "
           f"{what} of {args.rounds} rounds of {args.steps} {'calls' if args.breakdown else 'steps'}")
     coretype = os.environ.get("OPENBLAS_CORETYPE")
@@ -555,7 +623,25 @@ def main():
           + (f", OPENBLAS_CORETYPE={coretype}" if coretype else ""))
     if "torch" in results:
         print(results["torch"][0]["torch"])
-    (print_breakdown if args.breakdown else print_steps)(results)
+    if args.breakdown:
+        print_breakdown(results)
+    elif args.embedding:
+        print_embedding(results, args.batch_size)
+    else:
+        print_steps(results)
+
+
+def print_embedding(results, batch_size):
+    print(f"{'':<36}{'ms / pass':>22}{'images/s':>10}{'vs torch':>9}{'activations (MiB)':>19}")
+    labels = {"amnp": "amnp, inference mode", "amnp-recording": "amnp, keeping caches (as training)",
+              "torch": "PyTorch eval(), no_grad"}
+    torch_ms = summary(results["torch"], "embed")[0] if "torch" in results else None
+    for side, side_results in results.items():
+        median, low, high = summary(side_results, "embed")
+        ratio = f"{median / torch_ms:.2f}x" if torch_ms else "-"
+        memory = statistics.median(r["activations_mib"] for r in side_results)
+        print(f"{labels[side]:<36}{f'{median:.1f} ({low:.1f}-{high:.1f})':>22}{batch_size / median * 1000:>10.0f}"
+              f"{ratio:>9}{memory:>19.0f}")
 
 
 def print_steps(results):

@@ -51,10 +51,10 @@ def timed_layers(net, totals, clock):
             totals[kind + " forward"] += clock() - start
             return out
 
-        def timed_backward(dout):
+        def timed_backward(dout, input_grad=True):
             synchronize()
             start = clock()
-            dx = backward(dout)
+            dx = backward(dout, input_grad=input_grad)
             synchronize()
             totals[kind + " backward"] += clock() - start
             return dx
@@ -72,7 +72,7 @@ def training_step(net, head, optimizer, x, y, lr=0.01):
     waits for the device, so the timing would compare synchronisations, not steps."""
     with value_checks(False):
         head.forward(net.forward(x), y)
-    net.backward(head.backward())
+    net.backward(head.backward(), input_grad=False)
     optimizer.step(lr)
 
 

@@ -126,3 +126,26 @@ def test_prelu_on_cupy_matches_numpy(cupy_module, slopes, memory):
     device_dx, device_dweight = F.prelu_backward(memory(cupy_module.asarray(dout)), device_cache)
     for name, a, e in (("out", device_out, out), ("dx", device_dx, dx), ("dweight", device_dweight, dweight)):
         np.testing.assert_allclose(amnp.to_numpy(a), e, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("slopes", [
+    np.array([0.25, -0.5, 1.0, 0.0]),   # every slope <= 1: max(x, a·x) on NumPy
+    np.array([0.25, 1.5, -2.0, 0.0]),   # one above 1: max(x, 0) + a·min(x, 0)
+], ids=["slopes-at-most-1", "a-slope-above-1"])
+@pytest.mark.parametrize("memory", [np.ascontiguousarray, lambda a: a.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)],
+                         ids=["nchw", "channels-last"])
+def test_prelu_value_is_x_or_the_one_product_on_every_path(slopes, memory):
+    """Both formulations, and the one off NumPy, give exactly x or the rounded a·x, keep the
+    input's memory layout on NumPy, and let NaN through."""
+    rng = np.random.default_rng(4)
+    x = memory(rng.standard_normal((3, 4, 5, 6)).astype(np.float32))
+    x[0, :, 0, 0] = 0.0
+    x[1, :, 1, 1] = np.nan
+    weight = slopes.astype(np.float32)
+    a = weight.reshape(1, 4, 1, 1)
+    expected = np.where(x > 0, x, a * x)
+    out = F.prelu(x, weight)
+    np.testing.assert_array_equal(out, expected)
+    assert out.strides == x.strides
+    np.testing.assert_array_equal(F.prelu_forward(x, weight)[0], expected)
+    np.testing.assert_array_equal(amnp.to_numpy(F.prelu(guard(x), guard(weight))), expected)

@@ -27,16 +27,28 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                           "--steps", "1", "--breakdown"]),
     ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
                           "--steps", "1", "--breakdown", "--amnp-only"]),
+    ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
+                          "--steps", "1", "--embedding"]),
 ])
 def test_benchmark_runs_at_toy_size(script, arguments):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *arguments],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "training step" in done.stdout or "step" in done.stdout
+    if "--embedding" in arguments:
+        assert "amnp, inference mode" in done.stdout and "amnp, keeping caches" in done.stdout
     if "--breakdown" in arguments:
         assert "conv 64->64 3x3/1 on 4x4" in done.stdout and "SGD update" in done.stdout
         with_torch = "--amnp-only" not in arguments and importlib.util.find_spec("torch") is not None
         assert ("ratio" in done.stdout) == with_torch  # the torch columns, where torch runs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="gemm_rates.py compares with PyTorch")
+def test_gemm_rates_runs_at_toy_size():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gemm_rates.py"), "--batch-size", "4", "--repeats", "1",
+                           "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "conv 64->64 3x3/1 on 4x4" in done.stdout and "all convolutions" in done.stdout
 
 
 def test_streaming_benchmark_runs_at_toy_size(tmp_path):

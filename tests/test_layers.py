@@ -1,10 +1,14 @@
-"""The layer protocol: params/grads, dotted names, weight loading, initialisation, no mutation."""
+"""The layer protocol: params/grads, dotted names, weight loading, initialisation, no
+mutation, inference mode."""
+import threading
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from amnp import functional as F
 from amnp import layers as L
-from amnp import losses
+from amnp import losses, models
 
 
 def test_params_and_grads_share_keys_and_shapes():
@@ -121,3 +125,102 @@ def test_loaded_weights_and_optimizer_state_are_copies():
     saved = optimizer.state_dict()
     optimizer.step(0.1)
     assert not np.array_equal(saved["0.weight"], optimizer.velocity["0.weight"])
+
+
+def _small_net():
+    return models.build("small", (1, 32, 32), rng=np.random.default_rng(0))
+
+
+def test_inference_mode_computes_the_same_forward_and_keeps_no_cache():
+    net = _small_net()
+    x = np.random.default_rng(1).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    recorded = net.forward(x)
+    with L.inference_mode():
+        assert not L.recording()
+        inferred = net.forward(x)
+    assert L.recording()
+    np.testing.assert_array_equal(inferred, recorded)
+    # the caches of the earlier, recording forward are gone too: no backward may use them
+    with pytest.raises(RuntimeError, match="inference mode, which keeps nothing for backward"):
+        net.backward(np.ones_like(recorded))
+    for layer in (net[0], net[1], net[4][0], net[-1]):
+        with pytest.raises(RuntimeError, match=f"{type(layer).__name__}: its last forward ran in inference mode"):
+            layer.backward(np.ones((4, 16, 16, 16), np.float32))
+    net.forward(x)
+    net.backward(np.ones_like(recorded))  # recording again after the block
+
+
+def test_inference_mode_is_per_thread_and_restored_when_nested():
+    seen = {}
+    with L.inference_mode():
+        with L.inference_mode():
+            pass
+        assert not L.recording()
+        worker = threading.Thread(target=lambda: seen.setdefault("other thread", L.recording()))
+        worker.start()
+        worker.join()
+    assert seen == {"other thread": True}
+    assert L.recording()
+
+
+def test_inference_mode_holds_one_layer_of_activations_not_all_of_them():
+    """The peak of NumPy's allocations during a forward pass (tracemalloc sees them):
+    recording, every layer's cache lives until the end of the pass."""
+    net = _small_net()
+    x = np.random.default_rng(1).standard_normal((64, 1, 32, 32)).astype(np.float32)
+
+    def peak(run):
+        tracemalloc.start()
+        try:
+            run()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def inferred():
+        with L.inference_mode():
+            net.forward(x)
+
+    recording_peak, inference_peak = peak(lambda: net.forward(x)), peak(inferred)
+    assert inference_peak < 0.5 * recording_peak, (inference_peak, recording_peak)
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: L.Conv2d(3, 4, 3, stride=2, padding=1, dtype=np.float64, rng=rng),      # plain im2col
+    lambda rng: L.Conv2d(8, 4, 3, stride=1, padding=1, dtype=np.float64, rng=rng),      # channels last, flipped kernel
+    lambda rng: L.Conv2d(8, 4, 3, stride=2, padding=1, dtype=np.float64, rng=rng),      # channels last, scatter-add
+    lambda rng: L.PReLU(8, dtype=np.float64),
+    lambda rng: L.ReLU(),
+    lambda rng: L.MaxPool2d(2),
+    lambda rng: L.AvgPool2d(2),
+    lambda rng: L.Flatten(),
+    lambda rng: L.Sequential(L.Conv2d(8, 8, 3, padding=1, dtype=np.float64, rng=rng), L.PReLU(8, dtype=np.float64),
+                             L.Residual(L.Conv2d(8, 8, 3, padding=1, dtype=np.float64, rng=rng))),
+], ids=["conv-plain", "conv-channels-last", "conv-channels-last-stride-2", "prelu", "relu", "max-pool",
+        "avg-pool", "flatten", "sequential"])
+def test_backward_without_the_input_gradient_fills_the_same_parameter_gradients(make):
+    rng = np.random.default_rng(5)
+    layer = make(rng)
+    x = rng.standard_normal((3, 8 if "in_channels" not in vars(layer) else layer.in_channels, 6, 6))
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    assert dx.shape == x.shape
+    full = {name: owner.grads[key].copy() for name, owner, key in layer.named_parameters()}
+    layer.forward(x)
+    assert layer.backward(dout, input_grad=False) is None
+    for name, owner, key in layer.named_parameters():
+        np.testing.assert_array_equal(owner.grads[key], full[name], err_msg=name)
+
+
+def test_a_network_passes_input_grad_false_to_its_first_layer_alone():
+    net = models.sphereface(4, widths=(8, 8, 8, 8), in_channels=1, input_size=(8, 8), embedding_size=3,
+                            dtype=np.float64, rng=0)
+    asked = []
+    for layer in net.layers:
+        layer.backward = (lambda original: lambda dout, input_grad=True: (asked.append(input_grad),
+                                                                          original(dout, input_grad=input_grad))[1]
+                          )(layer.backward)
+    out = net.forward(np.ones((2, 1, 8, 8)))
+    assert net.backward(np.ones_like(out), input_grad=False) is None
+    assert asked == [True] * (len(net.layers) - 1) + [False]

@@ -5,7 +5,7 @@ Forward never keeps more than its cache; backward never mutates its inputs and
 never touches weights.  Every op takes its array module from its inputs, so it
 runs unchanged on NumPy and CuPy arrays.
 """
-from .activations import prelu_backward, prelu_forward, relu_backward, relu_forward
+from .activations import prelu, prelu_backward, prelu_forward, relu_backward, relu_forward
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .conv_channels_last import channels_last_conv2d_backward, channels_last_conv2d_forward
 from .flatten import flatten_backward, flatten_forward
@@ -27,6 +27,7 @@ from .normalize import cosine_backward, cosine_forward, l2_normalize_backward, l
 from .pooling import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
+    "prelu",
     "im2col",
     "col2im",
     "log_softmax",

@@ -44,39 +44,62 @@ def _slope_shape(x, weight):
     return (1, weight.shape[0]) + (1,) * (x.ndim - 2)
 
 
-def prelu_forward(x, weight):
-    """Parametric ReLU with one learned slope per channel.
+def prelu(x, weight):
+    """The PReLU value alone, what inference runs: x where x > 0, weight[c] · x elsewhere.
 
-    x: (N, C, ...) with channels on axis 1; weight: (C,) or (1,) (one slope shared).
-    out = x where x > 0, weight[c] · x elsewhere, computed as max(x, 0) + weight[c] · min(x, 0).
+    x: (N, C, ...) with channels on axis 1; weight: (C,) or (1,) (one slope shared) -> out,
+    x's shape (and, on NumPy, its memory layout).  On NumPy, when every slope is at most 1,
+    it is max(x, weight[c] · x): for x > 0, a·x ≤ x, and for x ≤ 0, a·x ≥ x, so the maximum
+    picks the right side in two passes over memory (a product, then a maximum in place)
+    instead of four.  Otherwise (a slope above 1, or another backend, where reading the
+    slopes back to decide would stall the device) max(x, 0) + weight[c] · min(x, 0).
+    Both give the same rounded values: x itself, or the one product a·x.
     """
+    _check_prelu_inputs(x, weight)
+    xp = get_array_module(x, weight)
+    slope = weight.reshape(_slope_shape(x, weight))
+    if xp is np and bool((weight <= 1).all()):
+        out = x * slope
+        return np.maximum(out, x, out=out)
+    out = xp.maximum(x, 0)
+    out += slope * xp.minimum(x, 0)  # in place: one array fewer
+    return out
+
+
+def _check_prelu_inputs(x, weight):
     if not hasattr(x, "ndim") or x.ndim < 2:
         raise ValueError(f"prelu: input must have at least 2 dimensions (N, C, ...), got shape {getattr(x, 'shape', None)}")
     floating_array(x, x.ndim, "(N, C, ...)", "prelu")
     floating_array(weight, 1, "(C,)", "prelu", "weight")
     same_dtype("prelu", input=x, weight=weight)
-    xp = get_array_module(x, weight)
     if weight.shape[0] not in (1, x.shape[1]):
         raise ValueError(
             f"prelu: input has {x.shape[1]} channels but there are {weight.shape[0]} slopes "
             "(expected one per channel, or a single shared slope)"
         )
-    negative_part = xp.minimum(x, 0)
-    out = xp.maximum(x, 0)
-    out += weight.reshape(_slope_shape(x, weight)) * negative_part  # in place: one array fewer
-    return out, PReLUCache(negative_part, weight, x > 0)
 
 
-def prelu_backward(dout, cache: PReLUCache):
+def prelu_forward(x, weight):
+    """Parametric ReLU with one learned slope per channel: (:func:`prelu`, cache).
+
+    x: (N, C, ...) with channels on axis 1; weight: (C,) or (1,) (one slope shared).
+    out = x where x > 0, weight[c] · x elsewhere; the cache keeps min(x, 0) and the mask
+    x > 0 for backward.
+    """
+    xp = get_array_module(x, weight)
+    return prelu(x, weight), PReLUCache(xp.minimum(x, 0), weight, x > 0)
+
+
+def prelu_backward(dout, cache: PReLUCache, input_grad=True):
     """-> (dx, dweight).
 
-    dx = dout where x > 0, weight[c] · dout elsewhere;
+    dx = dout where x > 0, weight[c] · dout elsewhere (None with ``input_grad=False``);
     dweight[c] = Σ over every axis but 1 of dout · min(x, 0) (summed over all channels
     when the slope is shared).
     """
     negative_part, weight, positive = cache
     slope = weight.reshape(_slope_shape(negative_part, weight))
-    dx = dout * (positive + slope * ~positive)  # exactly 1 or exactly the slope
+    dx = dout * (positive + slope * ~positive) if input_grad else None  # exactly 1 or exactly the slope
     dweight = _sum_of_products_per_channel(dout, negative_part)
     if weight.shape[0] == 1:
         dweight = dweight.sum(keepdims=True)

@@ -132,11 +132,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return xp.ascontiguousarray(out), cache
 
 
-def conv2d_backward(dout, cache: Conv2dCache):
+def conv2d_backward(dout, cache: Conv2dCache, input_grad=True):
     """dout: (N, F, Ho, Wo) -> (dx (N, C, H, W), dw (F, C, kh, kw), db (F,) or None).
 
     dw = dout_mat colsᵀ, dcols = wᵀ dout_mat, dx = col2im(dcols) with the padding cropped,
-    db = Σ_{n,y,x} dout.
+    db = Σ_{n,y,x} dout.  With ``input_grad=False`` dx is not computed (None): a network's
+    first layer, whose input is the data.
     """
     w = cache.w
     f = w.shape[0]
@@ -144,8 +145,9 @@ def conv2d_backward(dout, cache: Conv2dCache):
     # cols @ dout_matᵀ, transposed, rather than dout_mat @ colsᵀ: the same product, but BLAS
     # is several times faster with the long N·Ho·Wo axis as the inner dimension this way round.
     dw = (cache.cols @ dout_mat.T).T.reshape(w.shape)
+    db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    if not input_grad:
+        return None, dw, db
     dcols = w.reshape(f, -1).T @ dout_mat
     dx_padded = col2im(dcols, cache.x_padded_shape, w.shape[2:], cache.stride, dout.shape[2:])
-    dx = crop_padding(dx_padded, cache.padding)
-    db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    return dx, dw, db
+    return crop_padding(dx_padded, cache.padding), dw, db

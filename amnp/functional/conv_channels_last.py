@@ -194,11 +194,12 @@ def flipped_kernel_rows(w):
     return w[:, :, ::-1, ::-1].transpose(1, 2, 3, 0).reshape(w.shape[1], -1)
 
 
-def channels_last_conv2d_backward(dout, cache: ChannelsLastConv2dCache):
+def channels_last_conv2d_backward(dout, cache: ChannelsLastConv2dCache, input_grad=True):
     """dout: (N, F, Ho, Wo), any memory layout -> (dx (N, C, H, W) channels-last view,
     dw (F, C, kh, kw), db (F,) or None), as :func:`amnp.functional.conv.conv2d_backward`,
     chunk by chunk: dw = Σ_chunks dout_rowsᵀ cols; dx as a convolution of dout with the
-    flipped kernels at stride 1 (module docstring), else the scatter-add of wᵀ dout."""
+    flipped kernels at stride 1 (module docstring), else the scatter-add of wᵀ dout;
+    dx is None with ``input_grad=False``."""
     xp = get_array_module(dout)
     w, w_rows, (ho, wo) = cache.w, cache.w_rows, cache.out_hw
     (height, width), (ph, pw), stride = cache.x_hw, cache.padding, cache.stride
@@ -209,12 +210,12 @@ def channels_last_conv2d_backward(dout, cache: ChannelsLastConv2dCache):
     by_flipped_kernel = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
     samples = min(cache.chunk, n)
     buffer = column_buffer(xp, samples, (kh, kw), c, (ho, wo), dout.dtype)
-    if by_flipped_kernel:
+    if input_grad and by_flipped_kernel:
         dout_padded = padded_channels_last(dout, (kh - 1 - ph, kw - 1 - pw))
         flipped_rows = flipped_kernel_rows(w)
         dout_buffer = column_buffer(xp, samples, (kh, kw), f, (height, width), dout.dtype)
         dx = xp.empty((n, height, width, c), dtype=dout.dtype)
-    else:
+    elif input_grad:
         dcols_buffer = column_buffer(xp, samples, (kh, kw), c, (ho, wo), dout.dtype)
         dx_padded = xp.zeros(cache.x_padded.shape, dtype=dout.dtype)
     for start in range(0, n, cache.chunk):
@@ -223,6 +224,8 @@ def channels_last_conv2d_backward(dout, cache: ChannelsLastConv2dCache):
         dout_rows = dout_last[start:stop].reshape(-1, f)  # a copy only if dout is not channels-last
         # dout_rowsᵀ cols: the long N·Ho·Wo axis is the inner dimension, as BLAS prefers (conv.py)
         dw_rows += dout_rows.T @ cols
+        if not input_grad:
+            continue
         if by_flipped_kernel:
             dout_cols = channels_last_im2col(dout_padded[start:stop], (kh, kw), (1, 1), (height, width),
                                              dout_buffer)
@@ -230,8 +233,10 @@ def channels_last_conv2d_backward(dout, cache: ChannelsLastConv2dCache):
         else:
             dcols = xp.matmul(dout_rows, w_rows, out=dcols_buffer[:cols.size].reshape(cols.shape))
             channels_last_col2im_add(dcols, dx_padded[start:stop], (kh, kw), stride, (ho, wo))
+    dw = xp.ascontiguousarray(dw_rows.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+    db = dout_last.sum(axis=(0, 1, 2)) if cache.has_bias else None
+    if not input_grad:
+        return None, dw, db
     if not by_flipped_kernel:
         dx = dx_padded[:, ph:ph + height, pw:pw + width]
-    dw = dw_rows.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)
-    db = dout_last.sum(axis=(0, 1, 2)) if cache.has_bias else None
-    return dx.transpose(0, 3, 1, 2), xp.ascontiguousarray(dw), db
+    return dx.transpose(0, 3, 1, 2), dw, db

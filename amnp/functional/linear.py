@@ -33,12 +33,12 @@ def linear_forward(x, w, b=None):
     return out, LinearCache(x, w, b is not None)
 
 
-def linear_backward(dout, cache: LinearCache):
+def linear_backward(dout, cache: LinearCache, input_grad=True):
     """dout: (N, D_out) -> (dx (N, D_in), dw (D_out, D_in), db (D_out,) or None).
 
-    dx = dout w, dw = doutᵀ x, db = Σ_n dout.
+    dx = dout w, dw = doutᵀ x, db = Σ_n dout; dx is None with ``input_grad=False``.
     """
-    dx = dout @ cache.w
+    dx = dout @ cache.w if input_grad else None
     dw = dout.T @ cache.x
     db = dout.sum(axis=0) if cache.has_bias else None
     return dx, dw, db

@@ -75,14 +75,17 @@ def cosine_forward(x, w, normalize_features=True, eps=DEFAULT_EPS):
     return out, CosineCache(x_hat, w_hat, x_norm_cache, w_norm_cache)
 
 
-def cosine_backward(dout, cache: CosineCache, dnorm=None):
+def cosine_backward(dout, cache: CosineCache, dnorm=None, input_grad=True):
     """dout = G: (N, C), optionally dnorm: (N, 1) = dL/d‖x_n‖_ε -> (dx (N, D), dw (C, D)).
 
     dL/dx̂ = G Ŵ and dL/dŴ = Gᵀ X̂, then each goes back through its normalisation.
     The norm's own gradient adds dnorm · x̂ to dx, since ∂‖x‖_ε/∂x = x/‖x‖_ε = x̂.
+    dx is None with ``input_grad=False``.
     """
+    dw = l2_normalize_backward(dout.T @ cache.x_hat, cache.w_norm_cache)
+    if not input_grad:
+        return None, dw
     dx_hat = dout @ cache.w_hat
-    dw_hat = dout.T @ cache.x_hat
     if cache.x_norm_cache is None:
         if dnorm is not None:
             raise ValueError("cosine: a gradient for the feature norms needs normalize_features=True")
@@ -91,5 +94,4 @@ def cosine_backward(dout, cache: CosineCache, dnorm=None):
         dx = l2_normalize_backward(dx_hat, cache.x_norm_cache)
         if dnorm is not None:
             dx += dnorm * cache.x_hat
-    dw = l2_normalize_backward(dw_hat, cache.w_norm_cache)
     return dx, dw

@@ -3,7 +3,11 @@
 One protocol for every piece with a forward and a backward pass: a layer, a loss
 (amnp.losses) and a classifier head (amnp.heads) are all ``Layer``s.
 ``out = layer.forward(*inputs)`` keeps what backward needs; ``layer.backward(dout)``
-returns the gradient with respect to the (first) input, dout being dL/d(out).  A
+returns the gradient with respect to the (first) input, dout being dL/d(out).  The layers
+a network is made of (amnp.layers) take ``backward(dout, input_grad=False)`` when nobody
+needs that gradient, as for a network's first layer, whose input is the data: they fill
+their parameters' gradients and return None, skipping dx (for the first convolution, a
+GEMM and a scatter-add).  A
 loss's output is the batch's mean loss, a 0-d array on the inputs' device, so its
 ``backward(dout=1.0)`` defaults dout to 1.
 
@@ -14,11 +18,40 @@ at call time, so assigning a new array of the same shape loads weights) and
 layer that creates a parameter knows what it is, the optimizer does not.  A layer
 instance is used once per forward pass: calling it twice before backward would
 overwrite its cache.
+
+Inference mode: within ``with inference_mode():`` a forward keeps nothing for backward,
+so a network's activations are freed layer by layer as the pass goes on instead of all
+being held until a backward that never comes; a layer whose cache costs work to build
+(PReLU's mask and negative part) skips building it.  Evaluation, ``embed``, ``verify`` and
+``compare`` run their forward passes this way (amnp.inference).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from ..backend import asarray, to_numpy
 from ..validation import matching_state
+
+_mode = threading.local()
+_NOTHING_KEPT = object()  # the cache of a forward run in inference mode
+
+
+def recording() -> bool:
+    """Whether forward passes in this thread keep what backward needs (see ``inference_mode``)."""
+    return not getattr(_mode, "inference", False)
+
+
+@contextlib.contextmanager
+def inference_mode():
+    """Within the block, in this thread, layers keep no backward cache: forward only.
+    A backward after such a forward raises RuntimeError instead of using an older cache."""
+    previous = getattr(_mode, "inference", False)
+    _mode.inference = True
+    try:
+        yield
+    finally:
+        _mode.inference = previous
 
 
 class Layer:
@@ -41,15 +74,23 @@ class Layer:
     def forward(self, *inputs):
         raise NotImplementedError
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         raise NotImplementedError
 
     def __call__(self, *inputs):
         return self.forward(*inputs)
 
+    def _remember(self, out, cache):
+        """Keep ``cache`` for backward (nothing in inference mode) and return ``out``."""
+        self._cache = cache if recording() else _NOTHING_KEPT
+        return out
+
     def _last_cache(self):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        if self._cache is _NOTHING_KEPT:
+            raise RuntimeError(f"{type(self).__name__}: its last forward ran in inference mode, "
+                               "which keeps nothing for backward")
         return self._cache
 
     def children(self):
@@ -123,14 +164,16 @@ class Sequential(Layer):
                 if in_context is exc:  # a subclass whose constructor may differ: re-raised unchanged
                     raise
                 raise in_context from exc
-        self._cache = True
-        return x
+        return self._remember(x, True)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         self._last_cache()
-        for layer in reversed(self.layers):
+        if not self.layers:
+            return dout if input_grad else None
+        for layer in reversed(self.layers[1:]):
             dout = layer.backward(dout)
-        return dout
+        # only the first layer is asked to skip dx: a layer written without input_grad works anywhere else
+        return self.layers[0].backward(dout) if input_grad else self.layers[0].backward(dout, input_grad=False)
 
     def __repr__(self) -> str:
         lines = [f"  ({name}): " + repr(layer).replace("\n", "\n  ") for name, layer in self.children()]
@@ -152,6 +195,7 @@ class Residual(Sequential):
             )
         return x + out
 
-    def backward(self, dout):
-        return dout + super().backward(dout)
+    def backward(self, dout, input_grad=True):
+        branch = super().backward(dout, input_grad=input_grad)
+        return dout + branch if input_grad else None
 

@@ -8,7 +8,7 @@ from ..backend import get_array_module
 from .. import init as param_init
 from ..functional.normalize import DEFAULT_EPS
 from ..validation import positive_int, window
-from .base import Layer
+from .base import Layer, recording
 
 CHANNELS_LAST_MIN_CHANNELS = 8
 
@@ -53,11 +53,10 @@ class Linear(Layer):
             self.add_parameter("bias", param_init.constant((self.out_features,), 0.0, dtype), weight_decay=False)
 
     def forward(self, x):
-        out, self._cache = F.linear_forward(x, self.params["weight"], self.params.get("bias"))
-        return out
+        return self._remember(*F.linear_forward(x, self.params["weight"], self.params.get("bias")))
 
-    def backward(self, dout):
-        dx, self.grads["weight"], db = F.linear_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        dx, self.grads["weight"], db = F.linear_backward(dout, self._last_cache(), input_grad)
         if db is not None:
             self.grads["bias"] = db
         return dx
@@ -99,12 +98,11 @@ class Conv2d(Layer):
         return F.conv2d_forward, F.conv2d_backward
 
     def forward(self, x):
-        out, self._cache = self._pair(x)[0](
-            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
-        return out
+        return self._remember(*self._pair(x)[0](
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding))
 
-    def backward(self, dout):
-        dx, self.grads["weight"], db = self._pair(dout)[1](dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        dx, self.grads["weight"], db = self._pair(dout)[1](dout, self._last_cache(), input_grad)
         if db is not None:
             self.grads["bias"] = db
         return dx
@@ -118,11 +116,11 @@ class ReLU(Layer):
     """max(x, 0), any shape; subgradient 0 at x = 0."""
 
     def forward(self, x):
-        out, self._cache = F.relu_forward(x)
-        return out
+        return self._remember(*F.relu_forward(x))
 
-    def backward(self, dout):
-        return F.relu_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        cache = self._last_cache()
+        return F.relu_backward(dout, cache) if input_grad else None
 
 
 class PReLU(Layer):
@@ -140,11 +138,12 @@ class PReLU(Layer):
                            weight_decay=False)
 
     def forward(self, x):
-        out, self._cache = F.prelu_forward(x, self.params["weight"])
-        return out
+        if not recording():  # its cache would cost two more passes over x
+            return self._remember(F.prelu(x, self.params["weight"]), None)
+        return self._remember(*F.prelu_forward(x, self.params["weight"]))
 
-    def backward(self, dout):
-        dx, self.grads["weight"] = F.prelu_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        dx, self.grads["weight"] = F.prelu_backward(dout, self._last_cache(), input_grad)
         return dx
 
     def extra_repr(self):
@@ -166,33 +165,33 @@ class MaxPool2d(_Pool2d):
     in row-major window order.  (N, C, H, W) -> (N, C, Ho, Wo)."""
 
     def forward(self, x):
-        out, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        return out
+        return self._remember(*F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding))
 
-    def backward(self, dout):
-        return F.max_pool2d_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        cache = self._last_cache()
+        return F.max_pool2d_backward(dout, cache) if input_grad else None
 
 
 class AvgPool2d(_Pool2d):
     """Mean over each zero-padded window, padding counted.  (N, C, H, W) -> (N, C, Ho, Wo)."""
 
     def forward(self, x):
-        out, self._cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        return out
+        return self._remember(*F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding))
 
-    def backward(self, dout):
-        return F.avg_pool2d_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        cache = self._last_cache()
+        return F.avg_pool2d_backward(dout, cache) if input_grad else None
 
 
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1·d2·...)."""
 
     def forward(self, x):
-        out, self._cache = F.flatten_forward(x)
-        return out
+        return self._remember(*F.flatten_forward(x))
 
-    def backward(self, dout):
-        return F.flatten_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        cache = self._last_cache()
+        return F.flatten_backward(dout, cache) if input_grad else None
 
 
 class L2Normalize(Layer):
@@ -205,11 +204,11 @@ class L2Normalize(Layer):
         self.eps = float(eps)
 
     def forward(self, x):
-        out, self._cache = F.l2_normalize_forward(x, self.eps)
-        return out
+        return self._remember(*F.l2_normalize_forward(x, self.eps))
 
-    def backward(self, dout):
-        return F.l2_normalize_backward(dout, self._last_cache())
+    def backward(self, dout, input_grad=True):
+        cache = self._last_cache()
+        return F.l2_normalize_backward(dout, cache) if input_grad else None
 
     def extra_repr(self):
         return f"eps={self.eps}"
@@ -239,20 +238,19 @@ class CosineLinear(Layer):
             param_init.make_rng(rng), "CosineLinear"))
 
     def forward(self, x):
-        out, self._cache = F.cosine_forward(
-            x, self.params["weight"], self.normalize_features, self.eps)
-        return out
+        return self._remember(*F.cosine_forward(x, self.params["weight"], self.normalize_features, self.eps))
 
     @property
     def feature_norm(self):
-        """‖x_n‖_ε of the last forward's features, (N, 1); needs normalize_features=True."""
+        """‖x_n‖_ε of the last forward's features, (N, 1); needs normalize_features=True
+        and a forward outside inference mode."""
         norm_cache = self._last_cache().x_norm_cache
         if norm_cache is None:
             raise RuntimeError("CosineLinear: feature_norm needs normalize_features=True")
         return norm_cache.norm
 
-    def backward(self, dout, dnorm=None):
-        dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache(), dnorm)
+    def backward(self, dout, dnorm=None, input_grad=True):
+        dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache(), dnorm, input_grad)
         return dx
 
     def extra_repr(self):
