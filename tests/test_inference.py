@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from amnp import models
 from amnp.inference import embed, features, preprocess
@@ -19,6 +20,16 @@ def test_mirror_fusion_sums_the_features_of_each_image_and_its_mirror():
     np.testing.assert_allclose(embed(net, images, mirror=False), net.forward(x), rtol=1e-6, atol=1e-6)
     unit = features(net, images, mirror=True)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
+
+
+def test_embedding_runs_in_inference_mode_and_gives_the_training_forward_exactly():
+    rng = np.random.default_rng(0)
+    net = models.build("small", (1, 32, 32), rng=rng)
+    images = rng.integers(0, 256, (5, 1, 32, 32), dtype=np.uint8)
+    recorded = net.forward(preprocess(images))
+    np.testing.assert_array_equal(embed(net, images, mirror=False), recorded)
+    with pytest.raises(RuntimeError, match="inference mode"):  # it kept nothing, nor left the older caches
+        net.backward(np.ones_like(recorded))
 
 
 def test_preprocess_scales_as_the_paper_and_mirrors_the_rows_asked():
