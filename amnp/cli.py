@@ -50,7 +50,7 @@ from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, parse_entry, parse_seeds
 from .config import LOSSES, OptionError, TrainConfig, read_config
-from .distributed import SingleProcess
+from .distributed import SingleProcess, communicator_for
 from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
@@ -424,10 +424,7 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    comm = args.comm
-    if args.distributed and config.backend != "numpy":
-        raise UsageError(f"--distributed trains on numpy (MPI moves host memory), not {config.backend}; "
-                         "NCCL on GPUs is not yet wired into amnp train")
+    comm = communicator_for(config.backend, args.comm)  # on cupy, NCCL over the MPI job
     run_dir = comm.broadcast_object(run_dir)  # rank 0's: a default name holds the time
     writer = comm.rank == 0
     # rank 0 alone holds the directory, before anything is read or written there
@@ -446,7 +443,8 @@ def train_command(args) -> int:
 
 
 def communicator(args):
-    """The ranks to train on: the MPI job's with --distributed, else this process."""
+    """The processes that train: the MPI job's with --distributed, else this one (the host
+    communicator: amnp.distributed.communicator_for chooses the one that moves the arrays)."""
     if args.sample_rate is not None and not args.sharded_head:
         raise UsageError("--sample-rate samples the classes of a sharded head: it needs --distributed --sharded-head")
     if not args.distributed:

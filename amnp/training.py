@@ -296,7 +296,8 @@ class Trainer:
         until it caught up: the labels were checked once in __init__, so the loss skips its
         value checks, and finiteness is checked once per window of steps (``_read_window``).
         On several ranks the stop votes are read after the step's all-reduce: one number,
-        on the host, since the distributed trainer runs on NumPy (MPI).
+        which on CuPy (NCCL) is read back from the device, so the host waits there each step
+        for the step's all-reduce to finish before it queues the next step.
         """
         x, y = self.batch(step)
         head, global_batch = self.model.head, self.config.batch_size
@@ -321,7 +322,7 @@ class Trainer:
         gradients = [owner.grads[key] for _, owner, key in owners.named_parameters()]
         vote = get_array_module(gradients[0]).full(1, self.stopped_by is not None, dtype=gradients[0].dtype)
         all_reduce_gradients(self.comm, gradients + [vote])
-        self._stop_votes = float(vote[0])
+        self._stop_votes = float(to_numpy(vote)[0])  # on a GPU: a read back from the device, each step
 
     def _stopping(self) -> bool:
         """Whether the loop stops before the next step: a stop signal here, or, on several
@@ -372,8 +373,8 @@ class Trainer:
             self._read_window(window)
             self.save_checkpoint()
             if self.comm.size > 1 and self._stop_votes > 0:
-                signums = self.comm.all_reduce(np.array([self.stopped_by or 0]), "max")
-                self.stopped_by = int(signums[0])
+                signums = self.comm.all_reduce(asarray(np.array([self.stopped_by or 0])), "max")
+                self.stopped_by = int(to_numpy(signums)[0])
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()

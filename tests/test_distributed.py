@@ -26,6 +26,7 @@ from amnp.distributed import (
     all_reduce_gradients,
     build_sharded_head,
     class_range,
+    communicator_for,
     run_simulated,
 )
 from amnp import init as param_init
@@ -340,6 +341,39 @@ def test_under_mpiexec_a_failing_check_fails_the_job():
     result = mpiexec(2, "tests/distributed_cases.py", "trap_as_if_right")
     assert result.returncode != 0
     assert "AssertionError" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- choosing the communicator
+
+def test_one_process_and_simulated_ranks_move_any_arrays_so_they_are_kept_on_either_backend():
+    one = SingleProcess()
+    assert communicator_for("numpy", one) is one and communicator_for("cupy", one) is one
+    assert run_simulated(2, lambda comm: communicator_for("cupy", comm) is comm) == [True, True]
+    with pytest.raises(ValueError, match="unknown backend 'tpu'; expected one of numpy, cupy"):
+        communicator_for("tpu", one)
+
+
+def test_an_mpi_job_moves_numpy_arrays_through_mpi_and_cupy_arrays_through_nccl():
+    """A real MPICommunicator (one process, no mpiexec): kept on numpy; on cupy the NCCL
+    communicator is made over it, which here, without a GPU, says what is missing."""
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI test skipped: {reason}")
+    code = ("from amnp.distributed import communicator_for\n"
+            "from amnp.distributed.mpi import MPICommunicator\n"
+            "mpi = MPICommunicator()\n"
+            "assert communicator_for('numpy', mpi) is mpi\n"
+            "try:\n"
+            "    print(type(communicator_for('cupy', mpi)).__name__)\n"
+            "except RuntimeError as exc:\n"
+            "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    from amnp.backend import cupy_available
+
+    available, reason = cupy_available()
+    assert result.stdout.strip() == ("NCCLCommunicator" if available else reason)
 
 
 # ---------------------------------------------------------------- the GPU

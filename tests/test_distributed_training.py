@@ -267,3 +267,48 @@ def test_a_config_json_written_before_class_sampling_loads_as_rate_1():
     loaded = TrainConfig.from_dict(old)
     loaded.validate()
     assert loaded.sample_rate == 1.0
+
+
+# ---------------------------------------------------------------- GPUs (--backend cupy: NCCL)
+
+def test_the_command_on_cupy_without_cupy_or_a_gpu_says_so_once(tmp_path):
+    from amnp.backend import cupy_available
+
+    available, reason = cupy_available()
+    if available:
+        pytest.skip("CuPy and a GPU are here: the GPU test trains on them")
+    result = amnp_ranks(2, "--backend", "cupy", "--iters", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("amnp:")] == [f"amnp: error: {reason}"]
+    assert not (tmp_path / "run").exists()
+
+
+def nccl_missing(cupy) -> str:
+    try:
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        return f"CuPy has no NCCL ({exc})"
+    return "" if getattr(nccl, "available", True) else "this CuPy cannot load NCCL"
+
+
+@pytest.mark.gpu
+def test_the_command_trains_on_gpus_through_nccl(cupy_module, tmp_path):
+    """One rank per GPU through the NCCL communicator: the 1-rank job, and where the machine
+    has 2 GPUs the 2-rank job with the head sharded, which must train as the 1-rank one does
+    (float32 on GPUs: the sums' order differs, not more)."""
+    reason = nccl_missing(cupy_module)
+    if reason:
+        pytest.skip(f"GPU test skipped: {reason}")
+    one = amnp_ranks(1, "--backend", "cupy", "--iters", "4", "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    assert "steps of 12 on cupy on 1 ranks" in one.stdout and "finished at step 4" in one.stdout
+    one_state, _ = saved(tmp_path / "one")
+    assert all(np.isfinite(value).all() for value in one_state.values())
+    if cupy_module.cuda.runtime.getDeviceCount() < 2:
+        return  # the 2-rank job needs a GPU per rank
+    two = amnp_ranks(2, "--backend", "cupy", "--sharded-head", "--iters", "4", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    two_state, _ = saved(tmp_path / "two")
+    assert two_state["param/head.classifier.weight"].shape == (7, 128)
+    for name, value in one_state.items():
+        np.testing.assert_allclose(two_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
