@@ -24,10 +24,12 @@ ignored.  AMNP_DEBUG=1 shows the traceback behind an error.
 ``amnp train --distributed`` runs under ``mpiexec -n P python -m mpi4py -m amnp train
 --distributed ...``: P ranks train one run (amnp.training), rank 0 alone printing and
 writing the run directory; ``--sharded-head`` splits the margin head's classes over the
-ranks, and ``--sample-rate R`` < 1 samples them (Partial FC, an approximation).  An error that every rank meets is printed once, by rank 0; an
-error on one rank alone is printed by that rank ("amnp: error: rank R of P: ...") and ends
-the whole job (MPI_Abort) with the exit code above.  A stop signal on any rank stops every
-rank after the same step, with one checkpoint, and every rank exits 128 + its number.
+ranks, and ``--sample-rate R`` < 1 samples them (Partial FC, an approximation); with
+``--backend cupy`` each rank trains on its own GPU through NCCL.  An error that every rank
+meets is printed once, by rank 0; an error on one rank alone is printed by that rank
+("amnp: error: rank R of P: ...") and ends the whole job (MPI_Abort) with the exit code
+above.  A stop signal on any rank stops every rank after the same step, with one checkpoint,
+and every rank exits 128 + its number.
 """
 from __future__ import annotations
 

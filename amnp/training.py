@@ -21,8 +21,9 @@ the loss is the global batch's mean, so each rank's gradients are its share of t
 gradient and are summed over ranks (one all-reduce per step, which also carries the ranks'
 stop votes), and every rank applies the same update.  The head is replicated, or sharded by
 classes (``sharded_head``), which may sample its classes (``config.sample_rate`` < 1, Partial
-FC's approximation; the draws are a function of (seed, rank, step)).  Rank 0 alone writes the run directory; the checkpoint holds
-the sharded head gathered, so its layout does not depend on the number of ranks.
+FC's approximation; the draws are a function of (seed, rank, step)).  Rank 0 alone writes
+the run directory; the checkpoint holds the sharded head gathered, so its layout does not
+depend on the number of ranks.
 """
 from __future__ import annotations
 

@@ -257,8 +257,9 @@ def test_the_command_refuses_a_sample_rate_outside_0_1_in_one_line(tmp_path):
 
 
 def test_a_sampling_run_resumed_without_a_sharded_head_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"^sample-rate 0.5 samples the classes of a sharded head, and this run's "
-                                         r"head is not sharded: train \(or resume\) it with --distributed --sharded-head$"):
+    with pytest.raises(ValueError, match=r"^sample-rate 0.5 samples the classes of a sharded head, and this "
+                                         r"run's head is not sharded: train \(or resume\) it with --distributed "
+                                         r"--sharded-head$"):
         Trainer(config(sample_rate=0.5), tiny_dataset(), str(tmp_path), progress=False)
 
 
