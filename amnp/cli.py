@@ -23,10 +23,13 @@ ignored.  AMNP_DEBUG=1 shows the traceback behind an error.
 
 ``amnp train --distributed`` runs under ``mpiexec -n P python -m mpi4py -m amnp train
 --distributed ...``: P ranks train one run (amnp.training), rank 0 alone printing and
-writing the run directory.  An error that every rank meets is printed once, by rank 0; an
-error on one rank alone is printed by that rank ("amnp: error: rank R of P: ...") and ends
-the whole job (MPI_Abort) with the exit code above.  A stop signal on any rank stops every
-rank after the same step, with one checkpoint, and every rank exits 128 + its number.
+writing the run directory; ``--sharded-head`` splits the margin head's classes over the
+ranks, and ``--sample-rate R`` < 1 samples them (Partial FC, an approximation); with
+``--backend cupy`` each rank trains on its own GPU through NCCL.  An error that every rank
+meets is printed once, by rank 0; an error on one rank alone is printed by that rank
+("amnp: error: rank R of P: ...") and ends the whole job (MPI_Abort) with the exit code
+above.  A stop signal on any rank stops every rank after the same step, with one checkpoint,
+and every rank exits 128 + its number.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from . import checkpoint, data, figures, rundir
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, parse_entry, parse_seeds
 from .config import LOSSES, OptionError, TrainConfig, read_config
-from .distributed import SingleProcess
+from .distributed import SingleProcess, communicator_for
 from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
@@ -141,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "\"amnp[dist]\")")
     train.add_argument("--sharded-head", action="store_true",
                        help="with --distributed: each rank holds a slice of the margin head's classes")
+    train.add_argument("--sample-rate", type=float, default=None, metavar="R",
+                       help="with --sharded-head: Partial FC's class sampling, an approximation: each step's "
+                            "softmax runs over the batch's classes and random others, R of each rank's "
+                            f"classes, 0 < R <= 1 (default {defaults.sample_rate:g}: every class)")
 
     evaluate_cmd = commands.add_parser(
         "eval", help="re-evaluate a saved run on its held-out identities, or on an LFW-layout tree",
@@ -291,6 +298,8 @@ def config_from_args(args) -> TrainConfig:
                          loss_options=loss_options_from_args(args),
                          batch_size=args.batch_size, lr=args.lr,
                          backend=args.backend, seed=args.seed)
+    if args.sample_rate is not None:
+        config.sample_rate = args.sample_rate
     if args.iters is not None:
         config.iters, config.epochs = args.iters, None
     elif args.epochs is not None:
@@ -417,10 +426,7 @@ def train_command(args) -> int:
         config = config_from_args(args)
         run_dir = new_run_dir(config, args.out)
     choose_backend(config)
-    comm = args.comm
-    if args.distributed and config.backend != "numpy":
-        raise UsageError(f"--distributed trains on numpy (MPI moves host memory), not {config.backend}; "
-                         "NCCL on GPUs is not yet wired into amnp train")
+    comm = communicator_for(config.backend, args.comm)  # on cupy, NCCL over the MPI job
     run_dir = comm.broadcast_object(run_dir)  # rank 0's: a default name holds the time
     writer = comm.rank == 0
     # rank 0 alone holds the directory, before anything is read or written there
@@ -439,7 +445,10 @@ def train_command(args) -> int:
 
 
 def communicator(args):
-    """The ranks to train on: the MPI job's with --distributed, else this process."""
+    """The processes that train: the MPI job's with --distributed, else this one (the host
+    communicator: amnp.distributed.communicator_for chooses the one that moves the arrays)."""
+    if args.sample_rate is not None and not args.sharded_head:
+        raise UsageError("--sample-rate samples the classes of a sharded head: it needs --distributed --sharded-head")
     if not args.distributed:
         if args.sharded_head:
             raise UsageError("--sharded-head splits the head's classes over the ranks of --distributed")
@@ -463,7 +472,8 @@ def train_held(args, trainer: Trainer, dataset) -> int:
     config, run_dir, comm = trainer.config, trainer.out_dir, trainer.comm
     say = print if trainer.writer else lambda *args, **kwargs: None
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
-    ranks = (f" on {comm.size} ranks{' with the head sharded' if args.sharded_head else ''}"
+    sampling = f", sampling {config.sample_rate:g} of its classes" if config.sample_rate < 1 else ""
+    ranks = (f" on {comm.size} ranks{' with the head sharded' + sampling if args.sharded_head else ''}"
              if args.distributed else "")
     say(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
         f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "

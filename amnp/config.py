@@ -53,6 +53,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 500
+    # Partial FC's class sampling of a sharded head (amnp.distributed.ShardedMarginHead):
+    # the share of each rank's classes in each step's softmax; 1 keeps every class
+    sample_rate: float = 1.0
 
     def validate(self) -> None:
         """Refuse impossible settings before any data is loaded or any file written."""
@@ -77,6 +80,9 @@ class TrainConfig:
             raise ValueError(f"the learning rate must be a finite number > 0, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, numbers.Real) \
+                or not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample-rate must lie in (0, 1] (1: every class, no sampling), got {self.sample_rate!r}")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
 

@@ -20,8 +20,10 @@ t is the single-process batch of step t, split into equal contiguous parts, one 
 the loss is the global batch's mean, so each rank's gradients are its share of the global
 gradient and are summed over ranks (one all-reduce per step, which also carries the ranks'
 stop votes), and every rank applies the same update.  The head is replicated, or sharded by
-classes (``sharded_head``).  Rank 0 alone writes the run directory; the checkpoint holds
-the sharded head gathered, so its layout does not depend on the number of ranks.
+classes (``sharded_head``), which may sample its classes (``config.sample_rate`` < 1, Partial
+FC's approximation; the draws are a function of (seed, rank, step)).  Rank 0 alone writes
+the run directory; the checkpoint holds the sharded head gathered, so its layout does not
+depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ from . import checkpoint, models, rundir
 from .backend import asarray, get_array_module, get_backend, to_numpy
 from .config import TrainConfig, steps_per_epoch
 from .data.prefetch import Prefetcher
-from .distributed import Communicator, ShardedMarginHead, SingleProcess, all_reduce_gradients, class_range
+from .distributed import (Communicator, ShardedMarginHead, SingleProcess, all_reduce_gradients, build_sharded_head,
+                          class_range)
 from .heads import TrainingModel
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
@@ -104,7 +107,8 @@ class Trainer:
     its Trainer with the same config and dataset and calls the same methods.
     ``config.batch_size`` is the global batch, which the number of ranks must divide.
     ``sharded_head``: each rank holds a contiguous slice of the classes of a margin head
-    (amnp.distributed.ShardedMarginHead) instead of the whole head.  ``dtype``: of the
+    (amnp.distributed.ShardedMarginHead) instead of the whole head, and samples its classes
+    at ``config.sample_rate`` (a rate < 1 needs a sharded head).  ``dtype``: of the
     parameters and the images (float32; float64 for exactness tests).
     """
 
@@ -125,10 +129,15 @@ class Trainer:
         self.progress = self.writer and (sys.stderr.isatty() if progress is None else progress)
         rng = np.random.default_rng(config.seed)
         net = models.build(config.model, dataset.image_shape, dtype=dtype, rng=rng)
-        # the whole head is drawn on every rank, so a sharded head starts where one process does
-        head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng, dtype=dtype)
         if sharded_head:
-            head = ShardedMarginHead.from_head(head, self.comm)
+            head = build_sharded_head(config.loss, models.embedding_size(net), dataset.num_classes, self.comm,
+                                      dtype=dtype, rng=rng, sample_rate=config.sample_rate,
+                                      sample_rng=self.class_sampling_rng(0), **config.loss_options)
+        elif config.sample_rate < 1:
+            raise ValueError(f"sample-rate {config.sample_rate} samples the classes of a sharded head, and this "
+                             "run's head is not sharded: train (or resume) it with --distributed --sharded-head")
+        else:
+            head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng, dtype=dtype)
         self.model = TrainingModel(net, head)
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
@@ -168,6 +177,12 @@ class Trainer:
         order = self.epoch_order(epoch)
         b = self.config.batch_size
         return order[position * b:(position + 1) * b][self._local_rows()]
+
+    def class_sampling_rng(self, step: int) -> np.random.Generator:
+        """The generator of this rank's class sampling in step ``step`` (``config.sample_rate``
+        < 1), drawn from (seed, rank, step) as the batches are from (seed, step): a resumed run
+        samples the classes the uninterrupted run would have, on the same number of ranks."""
+        return np.random.default_rng([self.config.seed, 3, self.comm.rank, step])
 
     def _local_rows(self) -> slice:
         local = self.config.batch_size // self.comm.size
@@ -282,13 +297,16 @@ class Trainer:
         until it caught up: the labels were checked once in __init__, so the loss skips its
         value checks, and finiteness is checked once per window of steps (``_read_window``).
         On several ranks the stop votes are read after the step's all-reduce: one number,
-        on the host, since the distributed trainer runs on NumPy (MPI).
+        which on CuPy (NCCL) is read back from the device, so the host waits there each step
+        for the step's all-reduce to finish before it queues the next step.
         """
         x, y = self.batch(step)
         head, global_batch = self.model.head, self.config.batch_size
         sharded = isinstance(head, ShardedMarginHead)
         # a replicated head's loss is the local mean: its share of the global mean is n_local / N
         share = 1.0 if sharded else len(y) / global_batch
+        if sharded and head.sample_rate < 1:
+            head.sample_rng = self.class_sampling_rng(step)
         with value_checks(False):
             loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step, share,
                             self._all_reduce_gradients if self.comm.size > 1 else None)
@@ -305,7 +323,7 @@ class Trainer:
         gradients = [owner.grads[key] for _, owner, key in owners.named_parameters()]
         vote = get_array_module(gradients[0]).full(1, self.stopped_by is not None, dtype=gradients[0].dtype)
         all_reduce_gradients(self.comm, gradients + [vote])
-        self._stop_votes = float(vote[0])
+        self._stop_votes = float(to_numpy(vote)[0])  # on a GPU: a read back from the device, each step
 
     def _stopping(self) -> bool:
         """Whether the loop stops before the next step: a stop signal here, or, on several
@@ -356,8 +374,8 @@ class Trainer:
             self._read_window(window)
             self.save_checkpoint()
             if self.comm.size > 1 and self._stop_votes > 0:
-                signums = self.comm.all_reduce(np.array([self.stopped_by or 0]), "max")
-                self.stopped_by = int(signums[0])
+                signums = self.comm.all_reduce(asarray(np.array([self.stopped_by or 0])), "max")
+                self.stopped_by = int(to_numpy(signums)[0])
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()

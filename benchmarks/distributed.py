@@ -16,9 +16,9 @@ so the traffic is read from the arrays actually sent, not worked out by hand.
   one buffer, the MPI call, unpacking), its share of the step's wall time.  On P ranks it
   includes waiting for the slowest rank.  P = 1 sends nothing: the one-process step.
 - ``head``: the head's parameters, gradients and momentum on one rank (bytes of the arrays),
-  and the rank's resident memory after the steps and at its peak.  ``Trainer`` draws the
-  whole head on every rank before keeping its slice, so the peak includes the whole matrix
-  once, also for a sharded head.
+  and the rank's resident memory after the steps and at its peak.  A rank of a sharded head
+  draws only its rows of the head (amnp.distributed.build_sharded_head), so its peak holds
+  no whole matrix.
 - after the table, the arithmetic of the head's memory at MS1M's size for P = 2, 4, 8.
 
 Runs from a checkout without installing amnp (the checkout's amnp comes first).  Needs

@@ -6,7 +6,8 @@ The command line is amnp's own (amnp.cli.main); only the dataset is the tests' t
 (tests/test_training.py), as the in-process CLI tests use it.  Set by the tests, never by users:
 AMNP_TEST_PIDS=DIR       each rank writes its pid to DIR/rank<R>.pid, for the signal tests;
 AMNP_TEST_RAISE=R:S      rank R raises a RuntimeError in step S (a rank that fails alone);
-AMNP_TEST_NAN=R:S        rank R's loss in step S is NaN (seen by rank R alone before the all-reduce).
+AMNP_TEST_NAN=R:S        rank R's loss in step S is NaN (seen by rank R alone before the all-reduce);
+AMNP_TEST_CLASSES=K      the tiny dataset has K identities (7 when unset).
 """
 import os
 import sys
@@ -42,7 +43,8 @@ def inject_faults():
 
 
 if __name__ == "__main__":
-    cli.open_dataset = lambda config: tiny_dataset(num_classes=7, per_class=8, seed=config.seed)
+    classes = int(os.environ.get("AMNP_TEST_CLASSES", "7"))
+    cli.open_dataset = lambda config: tiny_dataset(num_classes=classes, per_class=8, seed=config.seed)
     inject_faults()
     pids = os.environ.get("AMNP_TEST_PIDS")
     if pids:

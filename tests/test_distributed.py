@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ from amnp.distributed import (
     all_reduce_gradients,
     build_sharded_head,
     class_range,
+    communicator_for,
     run_simulated,
 )
+from amnp import init as param_init
 from amnp.config import build_head
 from amnp.heads import TrainingModel
 from amnp.optim import SGD
@@ -136,6 +139,60 @@ def test_importing_amnp_and_its_distributed_package_imports_neither_mpi4py_nor_c
 
 
 # ---------------------------------------------------------------- the sharded head
+
+@pytest.mark.parametrize("block_rows", [2, None], ids=["blocks-of-2-rows", "one-block"])
+@pytest.mark.parametrize("size", [2, 3])
+def test_each_rank_draws_exactly_its_rows_of_the_one_process_head(monkeypatch, size, block_rows):
+    """Every member of the margin family, 7 classes over 2 (4 + 3) and 3 (3 + 2 + 2) ranks; blocks
+    of 2 rows cross the shards' edges.  The generator ends where the whole draw leaves it."""
+    if block_rows:
+        monkeypatch.setattr(param_init, "ROW_BLOCK_VALUES", block_rows * cases.EMBEDDING)
+    for loss, options in cases.HEADS:
+        rng = np.random.default_rng(5)
+        whole = build_head(loss, cases.EMBEDDING, cases.CLASSES, rng=rng, **options)
+        after = rng.random()
+
+        def draw(comm):
+            rng = np.random.default_rng(5)
+            head = build_sharded_head(loss, cases.EMBEDDING, cases.CLASSES, comm, rng=rng, **options)
+            return head.classifier.params["weight"], rng.random()
+
+        for rank, (weight, next_value) in enumerate(run_simulated(size, draw)):
+            start, stop = class_range(cases.CLASSES, size, rank)
+            assert weight.dtype == np.float32 and np.array_equal(weight, whole.classifier.params["weight"][start:stop])
+            assert next_value == after, (loss, options)
+
+
+@pytest.mark.parametrize("scheme", ["xavier", 0.01], ids=["xavier", "gaussian"])
+def test_drawing_some_rows_of_a_weight_gives_exactly_those_rows_of_the_whole_draw(monkeypatch, scheme):
+    monkeypatch.setattr(param_init, "ROW_BLOCK_VALUES", 4 * 6)  # blocks of 4 rows of 3 × 2
+    whole = param_init.weight((11, 3, 2), 6, scheme, np.float64, np.random.default_rng(2), "test")
+    for start in range(12):
+        for stop in range(start, 12):
+            rows = param_init.weight((11, 3, 2), 6, scheme, np.float64, np.random.default_rng(2), "test",
+                                     rows=(start, stop))
+            assert rows.shape == (stop - start, 3, 2) and np.array_equal(rows, whole[start:stop])
+    with pytest.raises(ValueError, match=r"test: rows \[3, 12\) are not rows of a weight of shape \(11, 3, 2\)"):
+        param_init.weight((11, 3, 2), 6, scheme, np.float64, np.random.default_rng(2), "test", rows=(3, 12))
+
+
+def test_a_rank_holds_no_more_than_a_block_and_its_rows_while_drawing_its_shard(monkeypatch):
+    """4,000 classes × 64 over 4 ranks, blocks of 100 rows: rank 1 keeps 1,000 rows (250 KiB
+    in float32) and draws 50 KiB at a time, where the whole draw would hold 2 MiB of float64
+    values and 1 MiB of float32 at once."""
+    monkeypatch.setattr(param_init, "ROW_BLOCK_VALUES", 100 * 64)
+    rank_1_of_4 = SimulatedWorld(4).communicators()[1]  # drawing its shard needs no collective
+    build_sharded_head("am-softmax", 64, 8, rank_1_of_4, rng=0)  # what a first call imports is not the draw's
+    tracemalloc.start()
+    try:
+        head = build_sharded_head("am-softmax", 64, 4000, rank_1_of_4, rng=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    shard, block = 1000 * 64 * 4, 100 * 64 * 8
+    assert head.classifier.params["weight"].nbytes == shard
+    assert peak < shard + block + 32 * 1024, peak  # and the one-class head, the generators, ...
+
 
 def test_class_range_splits_contiguously_and_unevenly():
     assert [class_range(7, 3, r) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
@@ -284,6 +341,39 @@ def test_under_mpiexec_a_failing_check_fails_the_job():
     result = mpiexec(2, "tests/distributed_cases.py", "trap_as_if_right")
     assert result.returncode != 0
     assert "AssertionError" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- choosing the communicator
+
+def test_one_process_and_simulated_ranks_move_any_arrays_so_they_are_kept_on_either_backend():
+    one = SingleProcess()
+    assert communicator_for("numpy", one) is one and communicator_for("cupy", one) is one
+    assert run_simulated(2, lambda comm: communicator_for("cupy", comm) is comm) == [True, True]
+    with pytest.raises(ValueError, match="unknown backend 'tpu'; expected one of numpy, cupy"):
+        communicator_for("tpu", one)
+
+
+def test_an_mpi_job_moves_numpy_arrays_through_mpi_and_cupy_arrays_through_nccl():
+    """A real MPICommunicator (one process, no mpiexec): kept on numpy; on cupy the NCCL
+    communicator is made over it, which here, without a GPU, says what is missing."""
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI test skipped: {reason}")
+    code = ("from amnp.distributed import communicator_for\n"
+            "from amnp.distributed.mpi import MPICommunicator\n"
+            "mpi = MPICommunicator()\n"
+            "assert communicator_for('numpy', mpi) is mpi\n"
+            "try:\n"
+            "    print(type(communicator_for('cupy', mpi)).__name__)\n"
+            "except RuntimeError as exc:\n"
+            "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    from amnp.backend import cupy_available
+
+    available, reason = cupy_available()
+    assert result.stdout.strip() == ("NCCLCommunicator" if available else reason)
 
 
 # ---------------------------------------------------------------- the GPU

@@ -3,8 +3,11 @@
 The exactness runs the Trainer itself in float64 (tests/distributed_cases.py "trainer"); the
 command's promises run the real command line on the tests' tiny dataset
 (tests/distributed_cli.py).  Each ``mpiexec`` runs under a timeout, so a job that hangs fails
-the test; without mpi4py or mpiexec the tests skip with the reason.
+the test; without mpi4py or mpiexec the tests skip with the reason.  Class sampling's options
+are also checked in this process: on simulated ranks, and the refusals that come before any
+rank is started.
 """
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +19,13 @@ import time
 import numpy as np
 import pytest
 
+from amnp import cli
+from amnp.config import TrainConfig
+from amnp.distributed import class_range, run_simulated
+from amnp.training import Trainer
+
 from .test_distributed import ROOT, mpi_missing, mpiexec
+from .test_training import config, tiny_dataset
 
 TRAIN = ("tests/distributed_cli.py", "train")
 GLOBAL_BATCH = ("--batch-size", "12")
@@ -159,3 +168,148 @@ def test_sigterm_on_any_rank_saves_once_and_stops_every_rank(tmp_path, target):
     resumed = amnp_ranks(2, "--resume", str(run_dir), "--stop-at", str(step + 2))
     assert resumed.returncode == 0, resumed.stderr
     assert saved(run_dir)[1]["step"] == step + 2
+
+
+# ---------------------------------------------------------------- class sampling (--sample-rate)
+
+def test_the_command_samples_classes_on_2_ranks_records_the_rate_and_resumes_bit_exactly(tmp_path):
+    """A batch of 4 names at most 4 of the 20 classes, so at rate 0.5 each rank's softmax fills
+    up with random classes (5 of its 10): drawn from (seed, rank, step), so the resumed run
+    draws what the uninterrupted one drew."""
+    sampled = ("--sharded-head", "--sample-rate", "0.5", "--batch-size", "4")
+    classes = {"AMNP_TEST_CLASSES": "20"}
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    result = amnp_ranks(2, *sampled, "--iters", "4", "--out", str(whole), env=classes)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("on 2 ranks with the head sharded, sampling 0.5 of its classes") == 1
+    assert json.loads((whole / "config.json").read_text())["sample_rate"] == 0.5
+    state, meta = saved(whole)
+    assert meta["config"]["sample_rate"] == 0.5
+    assert state["param/head.classifier.weight"].shape == (20, 128)  # gathered: every class
+
+    assert amnp_ranks(2, *sampled, "--iters", "4", "--stop-at", "2", "--out", str(part), env=classes).returncode == 0
+    resumed = amnp_ranks(2, "--resume", str(part), "--sharded-head", env=classes)
+    assert resumed.returncode == 0, resumed.stderr
+    for name, value in state.items():
+        assert np.array_equal(saved(part)[0][name], value), name
+
+
+def sampled_trainer_state(comm, out, sample_rate) -> dict:
+    """The parameters after 4 float64 steps of batch 4 on ``comm`` (None: one process, the head
+    replicated and not sampled), a sharded head's as this rank's rows."""
+    settings = config(iters=4, batch_size=4) if sample_rate is None else config(iters=4, batch_size=4,
+                                                                                  sample_rate=sample_rate)
+    trainer = Trainer(settings, tiny_dataset(num_classes=7), str(out), progress=False, comm=comm,
+                      sharded_head=comm is not None, dtype=np.float64)
+    trainer.start()
+    assert trainer.train() == "finished"
+    return trainer.model.state_dict()
+
+
+@pytest.mark.parametrize("rate, same", [(1.0, True), (0.99, True), (0.5, False)])
+def test_class_sampling_that_keeps_every_class_trains_as_the_unsampled_head(tmp_path, rate, same):
+    """Rate 1 is no sampling; rate 0.99 keeps ceil(0.99 · 4) = 4 and ceil(0.99 · 3) = 3 classes
+    of the two ranks' 4 + 3, the sampling path with nothing left out: both end where one
+    process with the whole head does.  Rate 0.5 leaves classes out, and ends elsewhere."""
+    unsampled = sampled_trainer_state(None, tmp_path / "one", None)
+
+    def errors(comm):
+        state = sampled_trainer_state(comm, tmp_path / "ranks", rate)
+        rows = slice(*class_range(7, comm.size, comm.rank))
+        expected = dict(unsampled, **{"head.classifier.weight": unsampled["head.classifier.weight"][rows]})
+        return max(float(np.abs(value - expected[name]).max() / np.abs(expected[name]).max())
+                   for name, value in state.items())
+
+    for error in run_simulated(2, errors):
+        assert (error < 1e-12) if same else (error > 1e-4), error
+
+
+@pytest.mark.parametrize("arguments", [["--sample-rate", "0.5"], ["--distributed", "--sample-rate", "0.5"],
+                                       ["--distributed", "--sample-rate", "1"]],
+                         ids=["alone", "without-sharded-head", "rate-1-without-sharded-head"])
+def test_sample_rate_without_a_sharded_head_is_refused_before_any_rank_starts(tmp_path, capsys, monkeypatch,
+                                                                             arguments):
+    monkeypatch.setattr(cli, "open_dataset", lambda config: tiny_dataset(seed=config.seed))  # were it reached
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--iters", "1", "--batch-size", "8", "--no-eval",
+                     *arguments]) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("amnp: error: --sample-rate samples the classes of a sharded head: "
+                                       "it needs --distributed --sharded-head\n")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rate", [0, -0.5, 1.5, float("nan"), True, "0.5"])
+def test_a_sample_rate_outside_0_1_is_refused_naming_the_option(rate):
+    with pytest.raises(ValueError, match=r"^sample-rate must lie in \(0, 1\] \(1: every class, no sampling\), got "):
+        TrainConfig(sample_rate=rate).validate()
+
+
+def test_the_command_refuses_a_sample_rate_outside_0_1_in_one_line(tmp_path):
+    """Under ``--distributed`` the option is checked after MPI starts; here one process, no mpiexec."""
+    reason = mpi_missing()
+    if reason:
+        pytest.skip(f"MPI test skipped: {reason}")
+    result = subprocess.run([sys.executable, *TRAIN, "--distributed", "--sharded-head", "--sample-rate", "1.5",
+                             "--out", str(tmp_path / "run")], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == "amnp: error: sample-rate must lie in (0, 1] (1: every class, no sampling), got 1.5\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sampling_run_resumed_without_a_sharded_head_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^sample-rate 0.5 samples the classes of a sharded head, and this "
+                                         r"run's head is not sharded: train \(or resume\) it with --distributed "
+                                         r"--sharded-head$"):
+        Trainer(config(sample_rate=0.5), tiny_dataset(), str(tmp_path), progress=False)
+
+
+def test_a_config_json_written_before_class_sampling_loads_as_rate_1():
+    old = {key: value for key, value in dataclasses.asdict(TrainConfig()).items() if key != "sample_rate"}
+    loaded = TrainConfig.from_dict(old)
+    loaded.validate()
+    assert loaded.sample_rate == 1.0
+
+
+# ---------------------------------------------------------------- GPUs (--backend cupy: NCCL)
+
+def test_the_command_on_cupy_without_cupy_or_a_gpu_says_so_once(tmp_path):
+    from amnp.backend import cupy_available
+
+    available, reason = cupy_available()
+    if available:
+        pytest.skip("CuPy and a GPU are here: the GPU test trains on them")
+    result = amnp_ranks(2, "--backend", "cupy", "--iters", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("amnp:")] == [f"amnp: error: {reason}"]
+    assert not (tmp_path / "run").exists()
+
+
+def nccl_missing(cupy) -> str:
+    try:
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        return f"CuPy has no NCCL ({exc})"
+    return "" if getattr(nccl, "available", True) else "this CuPy cannot load NCCL"
+
+
+@pytest.mark.gpu
+def test_the_command_trains_on_gpus_through_nccl(cupy_module, tmp_path):
+    """One rank per GPU through the NCCL communicator: the 1-rank job, and where the machine
+    has 2 GPUs the 2-rank job with the head sharded, which must train as the 1-rank one does
+    (float32 on GPUs: the sums' order differs, not more)."""
+    reason = nccl_missing(cupy_module)
+    if reason:
+        pytest.skip(f"GPU test skipped: {reason}")
+    one = amnp_ranks(1, "--backend", "cupy", "--iters", "4", "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    assert "steps of 12 on cupy on 1 ranks" in one.stdout and "finished at step 4" in one.stdout
+    one_state, _ = saved(tmp_path / "one")
+    assert all(np.isfinite(value).all() for value in one_state.values())
+    if cupy_module.cuda.runtime.getDeviceCount() < 2:
+        return  # the 2-rank job needs a GPU per rank
+    two = amnp_ranks(2, "--backend", "cupy", "--sharded-head", "--iters", "4", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    two_state, _ = saved(tmp_path / "two")
+    assert two_state["param/head.classifier.weight"].shape == (7, 128)
+    for name, value in one_state.items():
+        np.testing.assert_allclose(two_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)

@@ -21,6 +21,8 @@ blocks only.  The implementations provide the equal-block primitives:
 - :class:`MPICommunicator`: mpi4py's buffer methods on NumPy arrays (``amnp.distributed.mpi``);
 - :class:`~amnp.distributed.nccl.NCCLCommunicator`: CuPy device arrays (``amnp.distributed.nccl``).
 
+:func:`communicator_for` chooses among them for a backend.
+
 Nothing here imports mpi4py or CuPy at import time.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Sequence
 
-from ..backend import get_array_module
+from ..backend import BACKENDS, get_array_module
 
 OPS = ("sum", "max")
 
@@ -280,3 +282,26 @@ def run_simulated(size: int, function: Callable, timeout: float = 60.0) -> list:
     if causes or any(errors):
         raise (causes or [e for e in errors if e is not None])[0]
     return results
+
+
+def communicator_for(backend: str, bootstrap: Communicator) -> Communicator:
+    """The communicator that moves ``backend``'s arrays between the processes of ``bootstrap``:
+    the one place where amnp chooses it (``amnp train --distributed`` asks here).
+
+    - an MPI job (an MPICommunicator) on ``"cupy"``: an NCCLCommunicator bootstrapped through
+      it, one GPU per rank (MPI moves host memory only: a CUDA-aware MPI is not assumed);
+    - otherwise ``bootstrap`` itself: MPI on ``"numpy"``, and the communicators whose
+      collectives take any array module (one process, simulated ranks) on either backend.
+
+    Raises ValueError for an unknown backend, and the NCCL communicator's RuntimeError where
+    CuPy, NCCL or a GPU per rank is missing.
+    """
+    from .mpi import MPICommunicator  # a module that imports mpi4py only when a communicator is made
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "cupy" and isinstance(bootstrap, MPICommunicator):
+        from .nccl import NCCLCommunicator
+
+        return NCCLCommunicator(bootstrap)
+    return bootstrap

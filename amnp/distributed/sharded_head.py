@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import init as param_init
 from ..backend import get_array_module, to_numpy
 from ..functional.normalize import DEFAULT_EPS
 from ..config import build_head
@@ -134,13 +135,18 @@ class ShardedMarginHead(Layer):
     @classmethod
     def from_head(cls, head, comm: Communicator, sample_rate=1.0, sample_rng=None) -> "ShardedMarginHead":
         """This rank's shard of ``head`` (copies: the head itself is left as it is)."""
-        if not isinstance(head, MarginHead):
-            raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
-                            f"got {type(head).__name__}")
+        _check_margin_head(head)
         classifier = head.classifier
         start, stop = class_range(classifier.num_classes, comm.size, comm.rank)
-        shard = ClassShard(classifier.params["weight"][start:stop].copy(), start, stop,
-                           classifier.num_classes, classifier.eps)
+        return cls._with_weight(head, classifier.params["weight"][start:stop].copy(), classifier.num_classes,
+                                comm, sample_rate, sample_rng)
+
+    @classmethod
+    def _with_weight(cls, head, weight, num_classes, comm, sample_rate, sample_rng) -> "ShardedMarginHead":
+        """The shard of ``head``'s margin, scale and name whose weight is ``weight``, this rank's
+        rows of a (num_classes, D) weight."""
+        start, stop = class_range(num_classes, comm.size, comm.rank)
+        shard = ClassShard(weight, start, stop, num_classes, head.classifier.eps)
         scale = head.params["scale"].copy() if "scale" in head.params else None
         return cls(head.margin, shard, comm, s=head.s, scale=scale, name=head.name,
                    sample_rate=sample_rate, sample_rng=sample_rng)
@@ -273,16 +279,31 @@ class ShardedMarginHead(Layer):
         return f"{self.name}, {self.classifier.extra_repr()}, rank {self.comm.rank} of {self.comm.size}"
 
 
+def _check_margin_head(head) -> None:
+    if not isinstance(head, MarginHead):
+        raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
+                        f"got {type(head).__name__}")
+
+
 def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: Communicator, *,
                        dtype=np.float32, rng=None, sample_rate=1.0, sample_rng=None,
                        **options) -> ShardedMarginHead:
     """This rank's shard of ``amnp.config.build_head(loss, ...)``, options checked as there
     (``sample_rate``, ``sample_rng``: class sampling, see :class:`ShardedMarginHead`).
 
-    Every rank draws the full weight from ``rng`` and keeps its rows, so with the same seed
-    the sharded head starts exactly where the single-process head does, whatever the number
-    of ranks; the full C × D draw is held once, briefly, on each rank.
+    The rank draws only its rows of the weight, exactly as the whole draw from ``rng`` gives
+    them (amnp.init.weight with ``rows``: the C × D values are drawn in blocks and the other
+    rows dropped), so with the same seed the sharded head starts where the single-process head
+    does, whatever the number of ranks, and no rank holds more than a block and its rows.
+    ``rng`` ends where the single-process head leaves it.
     """
-    return ShardedMarginHead.from_head(
-        build_head(loss, embedding_size, num_classes, dtype=dtype, rng=rng, **options), comm,
-        sample_rate, sample_rng)
+    # the margin, the scale and the name come from the loss's head at one class (none of them
+    # depends on the classes); its one-row weight, from a generator of its own, is dropped
+    head = build_head(loss, embedding_size, 1, dtype=dtype, rng=0, **options)
+    _check_margin_head(head)
+    rows = class_range(num_classes, comm.size, comm.rank)
+    # the draw of amnp.layers.CosineLinear, the classifier of every MarginHead
+    weight = param_init.weight((num_classes, embedding_size), embedding_size, "xavier",
+                               param_init.check_dtype(dtype, "sharded head"), param_init.make_rng(rng),
+                               "sharded head", rows=rows)
+    return ShardedMarginHead._with_weight(head, weight, num_classes, comm, sample_rate, sample_rng)
