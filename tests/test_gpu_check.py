@@ -137,7 +137,9 @@ def test_the_rehearsal_on_numpy_runs_every_piece_from_a_checkout(outside_the_che
         assert f"  {row} " in out
     assert out.count("step vs NumPy, batch 2           passed") == 2
     assert "parity tests (pytest -m gpu)       skipped" in out
-    assert out.strip().splitlines()[-1].startswith("3 passed, 3 skipped")
+    # the two PyTorch timings run where torch is installed (the CPU build stands in for CUDA's)
+    with_torch = importlib.util.find_spec("torch") is not None
+    assert out.strip().splitlines()[-1].startswith("5 passed, 1 skipped" if with_torch else "3 passed, 3 skipped")
 
 
 def test_pieces_past_the_time_limit_are_skipped(outside_the_checkout):
