@@ -1,7 +1,8 @@
 """A trained run's network, loaded for inference: ``amnp.load_run(DIR)``.
 
     run = amnp.load_run("runs/glyphs-am-softmax-20261130-101500")
-    features = run.net.forward(x)      # x: float32 (N, C, H, W), preprocessed as in training
+    with amnp.layers.inference_mode():  # forward only: no layer keeps its activations
+        features = run.net.forward(x)   # x: float32 (N, C, H, W), preprocessed as in training
 
 Only the embedding network is built and loaded: no trainer, no classifier head,
 no optimizer, no training data.  The checkpoint records the input the network

@@ -46,6 +46,7 @@ from .data.prefetch import Prefetcher
 from .distributed import (Communicator, ShardedMarginHead, SingleProcess, all_reduce_gradients, build_sharded_head,
                           class_range)
 from .heads import TrainingModel
+from .layers import backward_without_input_grad
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics, write_metrics
@@ -182,7 +183,9 @@ class Trainer:
         """The generator of this rank's class sampling in step ``step`` (``config.sample_rate``
         < 1), drawn from (seed, rank, step) as the batches are from (seed, step): a resumed run
         samples the classes the uninterrupted run would have, on the same number of ranks."""
-        return np.random.default_rng([self.config.seed, 3, self.comm.rank, step])
+        # tag 6: a tag of its own (SeedSequence ignores trailing zeros, so [seed, 3, 0, 0] would
+        # be the [seed, 3] of amnp.inference's gallery draw)
+        return np.random.default_rng([self.config.seed, 6, self.comm.rank, step])
 
     def _local_rows(self) -> slice:
         local = self.config.batch_size // self.comm.size
@@ -445,7 +448,7 @@ def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: i
     net, head = model.net, model.head
     head.set_step(step)
     loss = head.forward(net.forward(x), labels)
-    net.backward(head.backward(share), input_grad=False)  # the images need no gradient
+    backward_without_input_grad(net, head.backward(share))  # the images need no gradient
     if reduce_gradients is not None:
         reduce_gradients(model)
     optimizer.step(lr)

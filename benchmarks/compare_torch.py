@@ -30,7 +30,8 @@ PyTorch column is, if anything, a little fast.
 With ``--embedding`` only the embedding pass is timed, by three sides in alternating
 processes: amnp in inference mode (as ``amnp embed``, ``eval``, ``verify`` and ``compare``
 run it), amnp's forward as a training step runs it (every layer keeping its backward
-cache), and PyTorch's ``eval()`` forward under ``torch.no_grad()``; each reports images per
+cache), and PyTorch's forward under ``torch.no_grad()`` (what ``eval()`` mode adds does not apply:
+the network has no dropout and no batch norm); each reports images per
 second and how far the first ``--steps`` passes raised the process's peak resident memory
 above its peak before them (the activations' memory: the network, the batch and the
 libraries are there before).
@@ -617,7 +618,8 @@ def main():
     what = ("median ms per call of each op alone" if args.breakdown
             else "embedding pass only, median" if args.embedding else "median")
     print(f"\n{args.model}, batch {args.batch_size}, {args.classes} classes, {args.threads} threads, "
-          f"{what} of {args.rounds} rounds of {args.steps} {'calls' if args.breakdown else 'steps'}")
+          f"{what} of {args.rounds} rounds of {args.steps} "
+          f"{'calls' if args.breakdown else 'passes' if args.embedding else 'steps'}")
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"NumPy {np.__version__}, BLAS: {results['amnp'][0]['blas']}"
           + (f", OPENBLAS_CORETYPE={coretype}" if coretype else ""))

@@ -18,8 +18,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def forward_gemm_shapes(layer, x_shape):
     """[(rows, inner, columns)] of the products amnp's Conv2d forward runs on an input of
     x_shape: one per chunk of samples (channels-last), or one for the batch (plain im2col)."""
+    import numpy as np
+
     from amnp.functional.conv import output_size
     from amnp.functional.conv_channels_last import samples_per_chunk
     from amnp.layers.core import runs_channels_last
@@ -50,6 +50,7 @@ def main():
     args = parser.parse_args()
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before NumPy and PyTorch start their pools
+    import numpy as np
     import torch
 
     from amnp import layers as L

@@ -49,6 +49,7 @@ def test_gemm_rates_runs_at_toy_size():
                            "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "conv 64->64 3x3/1 on 4x4" in done.stdout and "all convolutions" in done.stdout
+    assert "1 threads" in done.stdout  # the thread count reached NumPy's BLAS (set before its import)
 
 
 def test_streaming_benchmark_runs_at_toy_size(tmp_path):

@@ -196,8 +196,16 @@ def test_inference_mode_holds_one_layer_of_activations_not_all_of_them():
     lambda rng: L.Flatten(),
     lambda rng: L.Sequential(L.Conv2d(8, 8, 3, padding=1, dtype=np.float64, rng=rng), L.PReLU(8, dtype=np.float64),
                              L.Residual(L.Conv2d(8, 8, 3, padding=1, dtype=np.float64, rng=rng))),
+    lambda rng: L.Sequential(L.Residual(L.Conv2d(8, 8, 3, padding=1, dtype=np.float64, rng=rng)), L.Flatten(),
+                             L.Linear(8 * 6 * 6, 3, dtype=np.float64, rng=rng)),
+    lambda rng: L.Sequential(L.Flatten(), L.Linear(8 * 6 * 6, 4, dtype=np.float64, rng=rng)),
+    lambda rng: L.Sequential(L.Flatten(), L.L2Normalize()),
+    lambda rng: L.Sequential(L.Flatten(), L.CosineLinear(8 * 6 * 6, 5, dtype=np.float64, rng=rng)),
+    lambda rng: L.Sequential(L.Flatten(), L.CosineLinear(8 * 6 * 6, 5, normalize_features=False,
+                                                         dtype=np.float64, rng=rng)),
 ], ids=["conv-plain", "conv-channels-last", "conv-channels-last-stride-2", "prelu", "relu", "max-pool",
-        "avg-pool", "flatten", "sequential"])
+        "avg-pool", "flatten", "sequential", "residual-first", "linear", "l2-normalize", "cosine",
+        "cosine-unnormalised"])
 def test_backward_without_the_input_gradient_fills_the_same_parameter_gradients(make):
     rng = np.random.default_rng(5)
     layer = make(rng)
@@ -207,10 +215,46 @@ def test_backward_without_the_input_gradient_fills_the_same_parameter_gradients(
     dx = layer.backward(dout)
     assert dx.shape == x.shape
     full = {name: owner.grads[key].copy() for name, owner, key in layer.named_parameters()}
+    for name, owner, key in layer.named_parameters():
+        owner.grads[key] = None
     layer.forward(x)
     assert layer.backward(dout, input_grad=False) is None
     for name, owner, key in layer.named_parameters():
         np.testing.assert_array_equal(owner.grads[key], full[name], err_msg=name)
+    if isinstance(layer, L.Sequential) and isinstance(layer[0], L.Residual):
+        residual = layer[0]  # the same, asked of a residual unit directly
+        residual.forward(x)
+        assert residual.backward(np.ones(x.shape), input_grad=False) is None
+
+
+def test_the_cosine_layer_takes_the_feature_norm_gradient_only_with_normalised_features_either_way():
+    layer = L.CosineLinear(4, 3, normalize_features=False, dtype=np.float64, rng=0)
+    layer.forward(np.ones((2, 4)))
+    for input_grad in (True, False):
+        with pytest.raises(ValueError, match="needs normalize_features=True"):
+            layer.backward(np.ones((2, 3)), np.ones((2, 1)), input_grad=input_grad)
+
+
+def test_a_first_layer_written_without_input_grad_still_trains():
+    """Layers written before the keyword (a user's own) keep working first in a network:
+    their dx is computed and dropped."""
+    class Doubling(L.Layer):
+        def forward(self, x):
+            return self._remember(2 * x, None)
+
+        def backward(self, dout):
+            return 2 * dout
+
+    rng = np.random.default_rng(0)
+    linear = L.Linear(3, 2, dtype=np.float64, rng=rng)
+    net = L.Sequential(Doubling(), linear)
+    x = rng.standard_normal((4, 3))
+    net.forward(x)
+    assert L.backward_without_input_grad(net, np.ones((4, 2))) is None
+    np.testing.assert_allclose(linear.grads["weight"], np.ones((2, 4)) @ (2 * x))
+    alone = Doubling()
+    alone.forward(x)
+    assert L.backward_without_input_grad(alone, np.ones((4, 3))) is None
 
 
 def test_a_network_passes_input_grad_false_to_its_first_layer_alone():
@@ -224,3 +268,14 @@ def test_a_network_passes_input_grad_false_to_its_first_layer_alone():
     out = net.forward(np.ones((2, 1, 8, 8)))
     assert net.backward(np.ones_like(out), input_grad=False) is None
     assert asked == [True] * (len(net.layers) - 1) + [False]
+
+
+def test_a_head_scaled_by_the_feature_norm_runs_its_forward_in_inference_mode():
+    from amnp.config import build_head
+
+    head = build_head("am-softmax", 4, 3, normalize_features=False, dtype=np.float64, rng=0)
+    embeddings, labels = np.random.default_rng(1).standard_normal((5, 4)), np.array([0, 1, 2, 0, 1])
+    recorded = head.forward(embeddings, labels)
+    with L.inference_mode():
+        inferred = head.forward(embeddings, labels)
+    np.testing.assert_array_equal(inferred, recorded)

@@ -78,8 +78,7 @@ class ClassShard(Layer):
         weight = self.params["weight"]
         out, cache = F.cosine_forward(x_hat, weight if rows is None else weight[rows],
                                       normalize_features=False, eps=self.eps)
-        self._cache = (cache, rows)
-        return out
+        return self._remember(out, (cache, rows))
 
     def backward(self, dout):
         """dL/dx̂ for the last forward; the weight's gradient is zero on rows it did not use."""
@@ -223,9 +222,8 @@ class ShardedMarginHead(Layer):
         # a label outside [0, C) has no owner: NaN, not a finite loss without its target
         unowned = xp.where(owners == 1, 0, xp.nan).astype(logits.dtype)
         loss = (xp.log(exp_sum) + row_max - target_logit + unowned).mean()
-        self._cache = (sizes, x_hat, x_norm_cache, exp / exp_sum[:, None], modified, owned, column,
-                       slope, scale, feature_norm_scale)
-        return loss
+        return self._remember(loss, (sizes, x_hat, x_norm_cache, exp / exp_sum[:, None], modified, owned,
+                                     column, slope, scale, feature_norm_scale))
 
     def correct(self):
         """Whether each row of the last forward's global batch is classified right without

@@ -53,7 +53,8 @@ def prelu(x, weight):
     picks the right side in two passes over memory (a product, then a maximum in place)
     instead of four.  Otherwise (a slope above 1, or another backend, where reading the
     slopes back to decide would stall the device) max(x, 0) + weight[c] · min(x, 0).
-    Both give the same rounded values: x itself, or the one product a·x.
+    Both give the same rounded values for finite x: x itself, or the one product a·x (at
+    x = +inf with a slope of exactly 0 the product is NaN, and so is the maximum).
     """
     _check_prelu_inputs(x, weight)
     xp = get_array_module(x, weight)

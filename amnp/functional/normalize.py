@@ -82,13 +82,13 @@ def cosine_backward(dout, cache: CosineCache, dnorm=None, input_grad=True):
     The norm's own gradient adds dnorm · x̂ to dx, since ∂‖x‖_ε/∂x = x/‖x‖_ε = x̂.
     dx is None with ``input_grad=False``.
     """
+    if cache.x_norm_cache is None and dnorm is not None:
+        raise ValueError("cosine: a gradient for the feature norms needs normalize_features=True")
     dw = l2_normalize_backward(dout.T @ cache.x_hat, cache.w_norm_cache)
     if not input_grad:
         return None, dw
     dx_hat = dout @ cache.w_hat
     if cache.x_norm_cache is None:
-        if dnorm is not None:
-            raise ValueError("cosine: a gradient for the feature norms needs normalize_features=True")
         dx = dx_hat
     else:
         dx = l2_normalize_backward(dx_hat, cache.x_norm_cache)

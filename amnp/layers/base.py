@@ -28,6 +28,8 @@ being held until a backward that never comes; a layer whose cache costs work to 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import threading
 
 from ..backend import asarray, to_numpy
@@ -52,6 +54,20 @@ def inference_mode():
         yield
     finally:
         _mode.inference = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_input_grad(layer_class) -> bool:
+    return "input_grad" in inspect.signature(layer_class.backward).parameters
+
+
+def backward_without_input_grad(layer, dout) -> None:
+    """``layer.backward(dout, input_grad=False)``, or, for a layer whose backward was written
+    without that keyword (a user's own), ``layer.backward(dout)`` with its dx thrown away."""
+    if _takes_input_grad(type(layer)):
+        layer.backward(dout, input_grad=False)
+    else:
+        layer.backward(dout)
 
 
 class Layer:
@@ -172,8 +188,9 @@ class Sequential(Layer):
             return dout if input_grad else None
         for layer in reversed(self.layers[1:]):
             dout = layer.backward(dout)
-        # only the first layer is asked to skip dx: a layer written without input_grad works anywhere else
-        return self.layers[0].backward(dout) if input_grad else self.layers[0].backward(dout, input_grad=False)
+        if input_grad:
+            return self.layers[0].backward(dout)
+        return backward_without_input_grad(self.layers[0], dout)
 
     def __repr__(self) -> str:
         lines = [f"  ({name}): " + repr(layer).replace("\n", "\n  ") for name, layer in self.children()]

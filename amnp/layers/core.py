@@ -232,22 +232,26 @@ class CosineLinear(Layer):
         self.num_classes = positive_int(num_classes, "num_classes", "CosineLinear")
         self.normalize_features = bool(normalize_features)
         self.eps = float(eps)
+        self._feature_norm = None
         dtype = param_init.check_dtype(dtype, "CosineLinear")
         self.add_parameter("weight", param_init.weight(
             (self.num_classes, self.in_features), self.in_features, weight_init, dtype,
             param_init.make_rng(rng), "CosineLinear"))
 
     def forward(self, x):
-        return self._remember(*F.cosine_forward(x, self.params["weight"], self.normalize_features, self.eps))
+        out, cache = F.cosine_forward(x, self.params["weight"], self.normalize_features, self.eps)
+        # kept in inference mode too: a head scaled by the feature norm needs it in its forward
+        self._feature_norm = None if cache.x_norm_cache is None else cache.x_norm_cache.norm
+        return self._remember(out, cache)
 
     @property
     def feature_norm(self):
-        """‖x_n‖_ε of the last forward's features, (N, 1); needs normalize_features=True
-        and a forward outside inference mode."""
-        norm_cache = self._last_cache().x_norm_cache
-        if norm_cache is None:
+        """‖x_n‖_ε of the last forward's features, (N, 1); needs normalize_features=True."""
+        if self._cache is None:
+            raise RuntimeError("CosineLinear: feature_norm asked before forward")
+        if self._feature_norm is None:
             raise RuntimeError("CosineLinear: feature_norm needs normalize_features=True")
-        return norm_cache.norm
+        return self._feature_norm
 
     def backward(self, dout, dnorm=None, input_grad=True):
         dx, self.grads["weight"] = F.cosine_backward(dout, self._last_cache(), dnorm, input_grad)
