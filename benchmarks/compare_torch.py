@@ -636,7 +636,7 @@ def main():
 def print_embedding(results, batch_size):
     print(f"{'':<36}{'ms / pass':>22}{'images/s':>10}{'vs torch':>9}{'activations (MiB)':>19}")
     labels = {"amnp": "amnp, inference mode", "amnp-recording": "amnp, keeping caches (as training)",
-              "torch": "PyTorch eval(), no_grad"}
+              "torch": "PyTorch, no_grad"}
     torch_ms = summary(results["torch"], "embed")[0] if "torch" in results else None
     for side, side_results in results.items():
         median, low, high = summary(side_results, "embed")
