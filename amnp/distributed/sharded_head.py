@@ -300,8 +300,8 @@ def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: C
     head = build_head(loss, embedding_size, 1, dtype=dtype, rng=0, **options)
     _check_margin_head(head)
     rows = class_range(num_classes, comm.size, comm.rank)
-    # the draw of amnp.layers.CosineLinear, the classifier of every MarginHead
-    weight = param_init.weight((num_classes, embedding_size), embedding_size, "xavier",
+    # the draw of the head's own classifier (amnp.layers.CosineLinear), restricted to the rows
+    weight = param_init.weight((num_classes, embedding_size), embedding_size, head.classifier.weight_init,
                                param_init.check_dtype(dtype, "sharded head"), param_init.make_rng(rng),
                                "sharded head", rows=rows)
     return ShardedMarginHead._with_weight(head, weight, num_classes, comm, sample_rate, sample_rng)

@@ -232,6 +232,7 @@ class CosineLinear(Layer):
         self.num_classes = positive_int(num_classes, "num_classes", "CosineLinear")
         self.normalize_features = bool(normalize_features)
         self.eps = float(eps)
+        self.weight_init = weight_init  # a class-sharded copy draws its rows the same way
         self._feature_norm = None
         dtype = param_init.check_dtype(dtype, "CosineLinear")
         self.add_parameter("weight", param_init.weight(
