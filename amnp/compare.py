@@ -33,6 +33,7 @@ from .evaluation import roc_curve
 from .config import TrainConfig, build_head, read_config, resolve_loss_options
 from .functional import l2_normalize_forward
 from .heads import TrainingModel
+from .init import stream_seed
 from .layers import inference_mode
 from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
@@ -392,7 +393,7 @@ def sphere_features(entries, dataset, seed: int, steps: int = SPHERE_STEPS,
         head = build_head(entry.loss, 3, len(chosen), rng=rng, **entry.options)
         model = TrainingModel(net, head)
         optimizer = SGD(model)
-        batches = np.random.default_rng([seed, 5])
+        batches = np.random.default_rng(stream_seed(seed, "sphere features"))
         for step in range(steps):
             index = asarray(batches.choice(len(rows), min(SPHERE_BATCH, len(rows)), replace=False))
             with value_checks(False):  # labels 0 .. identities − 1 by construction, as in training

@@ -23,6 +23,7 @@ from .backend import asarray, get_array_module, to_numpy
 from .data import make_gallery_probes, make_open_set_protocol
 from .evaluation import roc_curve
 from .functional import l2_normalize_forward
+from .init import stream_seed
 from .layers import inference_mode
 from .statistics import evaluate_with_intervals
 from .validation import NonFiniteError
@@ -78,8 +79,9 @@ def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mir
     interval over identities (amnp.statistics).  Returns (metrics dict, pair scores)."""
     embeddings = embed(net, images_uint8, mirror)
     if gallery is None:
-        gallery, probes = make_gallery_probes(labels, np.random.default_rng([seed, 3]))
-    gallery_open, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng([seed, 4]))
+        gallery, probes = make_gallery_probes(labels, np.random.default_rng(stream_seed(seed, "gallery")))
+    gallery_open, genuine, impostors = make_open_set_protocol(
+        labels, np.random.default_rng(stream_seed(seed, "open set")))
     metrics, scores = evaluate_with_intervals(
         embeddings, labels, pairs, pair_same, pair_fold, gallery, probes,
         open_set=(gallery_open, np.concatenate([genuine, impostors])), seed=seed)

@@ -9,6 +9,9 @@ Schemes (as in the SphereFace/AM-Softmax Caffe models, docs/derivations.md#spher
 - a float ``std``: zero-mean Gaussian with that standard deviation (the reference uses
   0.01 for the convolutions inside residual units);
 - biases start at zero, PReLU slopes at 0.25.
+
+Every other random stream of a run is drawn from the run's seed and a tag of its own
+(``stream_seed``), so that no two streams meet.
 """
 from __future__ import annotations
 
@@ -25,6 +28,26 @@ def make_rng(rng=None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+# The tags must differ by themselves, whatever follows them: NumPy's SeedSequence ignores
+# trailing zeros, so [seed, 6, 0, 0] (a stream's rank 0 at step 0) is the stream [seed, 6].
+STREAM_TAGS = {
+    "epoch order": 1,           # amnp.training: the permutation of each epoch
+    "mirror flips": 2,          # amnp.training: which images of a step are flipped
+    "gallery": 3,               # amnp.inference: the closed-set gallery and probes
+    "open set": 4,              # amnp.inference: the open-set protocol
+    "sphere features": 5,       # amnp.compare: the batches of the feature picture
+    "held-out bootstrap": 6,    # amnp.statistics: resamples of the held-out metrics
+    "all-pairs bootstrap": 7,   # amnp.statistics: resamples of the all-pairs metrics
+    "class sampling": 8,        # amnp.training: a sharded head's sampled classes
+}
+
+
+def stream_seed(seed: int, stream: str, *more: int) -> list:
+    """The seed of ``stream`` (a key of STREAM_TAGS) for a run seeded ``seed``, [seed, tag,
+    *more]; ``more`` tells draws of one stream apart (the epoch, the step, the rank)."""
+    return [seed, STREAM_TAGS[stream], *more]
 
 
 def check_dtype(dtype, where: str) -> np.dtype:

@@ -37,6 +37,7 @@ import numpy as np
 
 from .evaluation import (ALL_PAIRS_FARS, ScoreSet, all_pairs_verification, best_gallery_match,
                          evaluate_verification, far_key, pair_scores, weighted_rate_above_tail)
+from .init import stream_seed
 
 __all__ = [
     "CONFIDENCE",
@@ -67,8 +68,8 @@ def evaluate_with_intervals(emb, labels, pairs, pair_same, pair_fold, gallery, p
 
     Adds to its metrics ``intervals`` (:func:`held_out_intervals`), ``bootstrap`` (unit,
     confidence, resamples, seed, seconds) and ``all_pairs`` (:func:`all_pairs_with_intervals`).
-    The resamples are drawn with the seeds ``[seed, 6]`` (held-out metrics) and
-    ``[seed, 7]`` (all pairs), so every network evaluated on the same images is
+    The resamples are drawn from the streams "held-out bootstrap" and "all-pairs bootstrap"
+    of ``seed`` (amnp.init.stream_seed), so every network evaluated on the same images is
     resampled the same way.
     """
     metrics, scores = evaluate_verification(emb, labels, pairs, pair_same, pair_fold, gallery, probes,
@@ -76,22 +77,24 @@ def evaluate_with_intervals(emb, labels, pairs, pair_same, pair_fold, gallery, p
     started = time.perf_counter()
     metrics["intervals"] = held_out_intervals(
         emb, labels, pairs, pair_same, pair_fold, metrics["fold_thresholds"], gallery, probes,
-        open_set=open_set, fars=fars, dir_fars=dir_fars, seed=[seed, 6])
+        open_set=open_set, fars=fars, dir_fars=dir_fars, seed=stream_seed(seed, "held-out bootstrap"))
     metrics["bootstrap"] = {"unit": "identity", "confidence": CONFIDENCE, "resamples": RESAMPLES,
-                            "seed": [seed, 6], "seconds": time.perf_counter() - started}
+                            "seed": stream_seed(seed, "held-out bootstrap"),
+                            "seconds": time.perf_counter() - started}
     metrics["all_pairs"] = all_pairs_with_intervals(emb, labels, seed, all_pairs_fars)
     return metrics, scores
 
 
 def all_pairs_with_intervals(emb, labels, seed=0, fars: Sequence[float] = ALL_PAIRS_FARS) -> dict:
     """:func:`amnp.evaluation.all_pairs_verification`'s metrics, with ``intervals``
-    (:func:`all_pairs_intervals`, resamples drawn with the seed ``[seed, 7]``) and
+    (:func:`all_pairs_intervals`, resamples drawn from the stream "all-pairs bootstrap" of
+    ``seed``) and
     ``bootstrap`` (unit, confidence, resamples, seed, seconds) added."""
     metrics, score_set = all_pairs_verification(emb, labels, fars)
     started = time.perf_counter()
-    metrics["intervals"] = all_pairs_intervals(score_set, fars, seed=[seed, 7])
+    metrics["intervals"] = all_pairs_intervals(score_set, fars, seed=stream_seed(seed, "all-pairs bootstrap"))
     metrics["bootstrap"] = {"unit": "identity", "confidence": CONFIDENCE, "resamples": ALL_PAIRS_RESAMPLES,
-                            "seed": [seed, 7], "seconds": time.perf_counter() - started}
+                            "seed": stream_seed(seed, "all-pairs bootstrap"), "seconds": time.perf_counter() - started}
     return metrics
 
 

@@ -46,6 +46,7 @@ from .data.prefetch import Prefetcher
 from .distributed import (Communicator, ShardedMarginHead, SingleProcess, all_reduce_gradients, build_sharded_head,
                           class_range)
 from .heads import TrainingModel
+from .init import stream_seed
 from .layers import backward_without_input_grad
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
@@ -168,7 +169,8 @@ class Trainer:
         step or two early; the two threads then draw it again at worst, never another one."""
         cached_epoch, order = self._epoch_order
         if cached_epoch != epoch:
-            order = np.random.default_rng([self.config.seed, 1, epoch]).permutation(self.num_train)
+            order = np.random.default_rng(stream_seed(self.config.seed, "epoch order", epoch)).permutation(
+                self.num_train)
             self._epoch_order = (epoch, order)  # one assignment: a reader sees a matching pair
         return order
 
@@ -183,9 +185,7 @@ class Trainer:
         """The generator of this rank's class sampling in step ``step`` (``config.sample_rate``
         < 1), drawn from (seed, rank, step) as the batches are from (seed, step): a resumed run
         samples the classes the uninterrupted run would have, on the same number of ranks."""
-        # tag 6: a tag of its own (SeedSequence ignores trailing zeros, so [seed, 3, 0, 0] would
-        # be the [seed, 3] of amnp.inference's gallery draw)
-        return np.random.default_rng([self.config.seed, 6, self.comm.rank, step])
+        return np.random.default_rng(stream_seed(self.config.seed, "class sampling", self.comm.rank, step))
 
     def _local_rows(self) -> slice:
         local = self.config.batch_size // self.comm.size
@@ -197,7 +197,8 @@ class Trainer:
         images = xp.asarray(self._prefetcher.get(step) if self._prefetcher else self.read_batch(step))
         mirror = None
         if self.dataset.mirror:  # drawn for the global batch, so that each rank flips its rows as one process does
-            flips = np.random.default_rng([self.config.seed, 2, step]).random(self.config.batch_size) < 0.5
+            flips = np.random.default_rng(stream_seed(self.config.seed, "mirror flips", step)).random(
+                self.config.batch_size) < 0.5
             mirror = xp.asarray(flips[self._local_rows()])
         return preprocess(images, mirror).astype(self.dtype, copy=False), self.train_labels[index]
 

@@ -315,3 +315,19 @@ def test_config_written_before_losses_had_options_still_loads():
     softmax = TrainConfig.from_dict(dict(old, loss="softmax"))
     softmax.validate()
     assert softmax.loss_options == {}
+
+
+def test_every_random_stream_of_a_run_is_its_own_even_with_trailing_zeros():
+    """NumPy's SeedSequence ignores trailing zeros: [s, tag, 0, 0] is the stream [s, tag], so
+    each stream's tag must tell it apart by itself (class sampling at rank 0, step 0 was
+    once the bootstrap's stream)."""
+    from amnp.init import STREAM_TAGS, stream_seed
+
+    draws = {}
+    for stream in STREAM_TAGS:
+        for more in ((), (0,), (0, 0)):
+            draws[stream, more] = tuple(np.random.default_rng(stream_seed(5, stream, *more)).integers(0, 2**62, 4))
+    owners = {}
+    for (stream, _), draw in draws.items():
+        owners.setdefault(draw, set()).add(stream)
+    assert all(len(streams) == 1 for streams in owners.values()), owners
