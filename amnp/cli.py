@@ -550,8 +550,7 @@ def eval_command(args) -> int:
           f"{', mirror-fused' if mirror else ''}")
     metrics, _ = held_out_metrics(run.net, pairs.test_images, pairs.test_labels, pairs.pairs,
                                   pairs.pair_same, pairs.pair_fold, mirror, run.config.seed)
-    with open(out, "w") as file:
-        json.dump(metrics, file, indent=2)
+    rundir.write_json(out, metrics)
     print(summary(metrics))
     print(f"results in {out}")
     return 0
@@ -569,11 +568,10 @@ def eval_all_pairs(args) -> int:
     check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
     print(f"evaluating {args.run_dir} at step {run.step} on every pair of {len(folder.labels)} images of "
           f"{len(folder.class_names)} identities under {args.images}{', mirror-fused' if mirror else ''}")
-    metrics = all_pairs_with_intervals(features(run.net, folder.images, mirror), folder.labels,
-                                       run.config.seed)
+    metrics = all_pairs_with_intervals(run_features(args.run_dir, run.net, folder.images, mirror),
+                                       folder.labels, run.config.seed)
     metrics["mirror_fused"] = bool(mirror)
-    with open(out, "w") as file:
-        json.dump(metrics, file, indent=2)
+    rundir.write_json(out, metrics)
     print(all_pairs_summary(metrics))
     print(f"results in {out}")
     return 0

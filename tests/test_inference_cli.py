@@ -221,6 +221,18 @@ def test_eval_and_embed_refuse_a_nan_parameter(trained, tmp_path, capsys):
     assert not (tmp_path / "f.npz").exists() and not (run / "eval-lfw.json").exists()
 
 
+def test_every_command_names_the_run_whose_features_overflow(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("eval-*.json", "embeddings-*"))
+    rewrite_checkpoint(run, overflowing)
+    for arguments in (["eval", str(run), "--images", str(trained["lfw"]), "--all-pairs"],
+                      ["embed", str(run), "--images", str(trained["lfw"]), "--out", str(tmp_path / "f.npz")]):
+        assert cli.main(arguments) == cli.EXIT_BAD_INPUT
+        line, = capsys.readouterr().err.strip().splitlines()
+        assert f"the network of {run} gives NaN or Inf features for" in line, line
+    assert not list(run.glob("eval-all-pairs-*.json"))
+
+
 def test_resume_refuses_options_added_later():
     """What is refused is read from the command line, not from a list of options to keep up to date."""
     argv = ["train", "--resume", "r", "--some-future-option", "3", "--stop-at=9", "--no-eval"]
