@@ -56,12 +56,16 @@ from .distributed import SingleProcess, communicator_for
 from .inference import EMBED_BATCH, evaluate, features, held_out_metrics
 from .run import load_run
 from .rundir import read_metrics
-from .statistics import all_pairs_with_intervals
+from .statistics import all_pairs_with_intervals, percent_with_interval
 from .training import Interrupted, Trainer, TrainingDiverged, catch_stop_signals
 from .validation import NonFiniteError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C; any stop signal ends with 128 + its number
+
+# the options of `amnp train --resume DIR`; every other setting is the run's own
+RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval", "--distributed", "--sharded-head")
+STILL_APPLY_ON_RESUME = ", ".join(RESUME_OPTIONS[1:-1]) + " and " + RESUME_OPTIONS[-1]
 
 
 class UsageError(Exception):
@@ -133,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
-                       help="continue the run in DIR with its saved settings (only --backend, "
-                            "--stop-at, --no-eval, --distributed and --sharded-head still apply)")
+                       help=f"continue the run in DIR with its saved settings (only {STILL_APPLY_ON_RESUME} "
+                            "still apply)")
     train.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                        help="stop at this step with a checkpoint (continue later with --resume)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -339,16 +343,16 @@ def summary(metrics: dict) -> str:
     its 95% bootstrap interval over identities."""
     tar, ci = metrics["tar_at_far"], metrics["intervals"]
     folds = f"{metrics['num_folds']} folds" + (" sharing identities" if metrics["folds_share_identities"] else "")
-    line = (f"held-out verification accuracy {percent(metrics['verification_accuracy'], ci['verification_accuracy'])} "
+    line = (f"held-out verification accuracy {percent_with_interval(metrics['verification_accuracy'], ci['verification_accuracy'])} "
             f"± {100 * metrics['verification_accuracy_std']:.2f} ({folds}, {metrics['num_pairs']} pairs); "
-            f"TAR@FAR=1e-2 {percent(tar['1e-2'], ci['tar_at_far']['1e-2'])}, "
-            f"TAR@FAR=1e-3 {percent(tar['1e-3'], ci['tar_at_far']['1e-3'])}; "
-            f"EER {percent(metrics['eer'], ci['eer'])}; "
-            f"identification top-1 {percent(metrics['identification_top1'], ci['identification_top1'])}")
+            f"TAR@FAR=1e-2 {percent_with_interval(tar['1e-2'], ci['tar_at_far']['1e-2'])}, "
+            f"TAR@FAR=1e-3 {percent_with_interval(tar['1e-3'], ci['tar_at_far']['1e-3'])}; "
+            f"EER {percent_with_interval(metrics['eer'], ci['eer'])}; "
+            f"identification top-1 {percent_with_interval(metrics['identification_top1'], ci['identification_top1'])}")
     impostors, allowed = metrics["open_set_impostor_probes"], metrics["dir_impostors_allowed"]["1e-2"]
     resolution = (f"{allowed} of {impostors} impostor probes may pass" if allowed else
                   f"only {impostors} impostor probes, so this is FAR=0")
-    line += f"; DIR@FAR=1e-2 {percent(metrics['dir_at_far']['1e-2'], ci['dir_at_far']['1e-2'])} ({resolution})"
+    line += f"; DIR@FAR=1e-2 {percent_with_interval(metrics['dir_at_far']['1e-2'], ci['dir_at_far']['1e-2'])} ({resolution})"
     return line + "; " + all_pairs_summary(metrics["all_pairs"])
 
 
@@ -360,19 +364,12 @@ def all_pairs_summary(all_pairs: dict) -> str:
     unresolved = [far for far in tar if allowed[far] == 0]
     text = (f"all {all_pairs['num_genuine_pairs']} genuine and {all_pairs['num_impostor_pairs']} impostor pairs of "
             f"{all_pairs['num_images']} images: "
-            + ", ".join(f"TAR@FAR={far} {percent(tar[far], ci['tar_at_far'][far])}" for far in resolved)
-            + (", " if resolved else "") + f"EER {percent(all_pairs['eer'], ci['eer'])}")
+            + ", ".join(f"TAR@FAR={far} {percent_with_interval(tar[far], ci['tar_at_far'][far])}" for far in resolved)
+            + (", " if resolved else "") + f"EER {percent_with_interval(all_pairs['eer'], ci['eer'])}")
     if unresolved:
         text += (f" (FAR={', '.join(unresolved)} not resolved: "
                  f"{all_pairs['num_impostor_pairs']} impostor pairs)")
     return text + " [95% intervals: bootstrap over identities]"
-
-
-def percent(value: float, interval) -> str:
-    """"95.90% [95.12, 96.58]" (the interval in brackets, when there is one)."""
-    if interval is None:
-        return f"{100 * value:.2f}%"
-    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def sample_indices(labels, identities=8, per_identity=8):
@@ -398,8 +395,6 @@ def report(run_dir: str, net, dataset, seed: int) -> dict:
     return metrics
 
 
-RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval", "--distributed", "--sharded-head")
-
 
 def options_written(argv, allowed) -> list[str]:
     """The options written in ``argv`` other than ``allowed``, sorted, whatever their values:
@@ -415,8 +410,7 @@ def train_command(args) -> int:
         if ignored:
             raise UsageError(
                 f"--resume continues {args.resume} with its saved settings, so {', '.join(ignored)} "
-                f"cannot apply; on resume only --backend, --stop-at, --no-eval, --distributed and "
-                f"--sharded-head do")
+                f"cannot apply; on resume only {STILL_APPLY_ON_RESUME} do")
         config = read_config(args.resume)
         if args.backend is not None:
             config.backend = args.backend

@@ -38,7 +38,7 @@ from .layers import inference_mode
 from .inference import evaluate, preprocess
 from .optim import SGD, scaled_paper_schedule
 from .rundir import read_metrics
-from .statistics import mean_interval, paired_difference
+from .statistics import mean_interval, paired_difference, percent_with_interval
 from .training import Interrupted, Trainer, TrainingDiverged, sgd_step
 from .validation import value_checks
 
@@ -207,11 +207,6 @@ METRICS = (
 )
 
 
-def _percent(value: float, interval) -> str:
-    if interval is None:
-        return f"{100 * value:.2f}%"
-    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
-
 
 def _points(difference: float, interval) -> str:
     return f"{100 * difference:+.2f} [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
@@ -265,7 +260,7 @@ def markdown_tables(summary, paired, seeds, reference: Entry) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in summary:
         name = record["title"] + (f" ({len(record['diverged'])} diverged)" if record["diverged"] else "")
-        cells = [_percent(record["metrics"][m.column]["mean"], record["metrics"][m.column]["interval"])
+        cells = [percent_with_interval(record["metrics"][m.column]["mean"], record["metrics"][m.column]["interval"])
                  if m.column in record["metrics"] else "diverged" for m in METRICS]
         lines.append("| " + " | ".join([name] + cells + [str(record["steps"]),
                                                           f"{record['train_seconds'] / 60:.1f} min"]) + " |")

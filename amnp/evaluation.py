@@ -1051,7 +1051,7 @@ def all_pairs_verification(emb: np.ndarray, labels: np.ndarray,
         FAR = 0), ``eer``, ``num_images``, ``num_identities``, ``num_genuine_pairs``,
         ``num_impostor_pairs``, ``seconds`` (wall time of scoring and metrics).
     scores : ScoreSet
-        For intervals (amnp.statistics.bootstrap_all_pairs).
+        For intervals (amnp.statistics.all_pairs_intervals).
     """
     started = time.perf_counter()
     scores = all_pairs_scores(emb, labels)

@@ -52,6 +52,7 @@ __all__ = [
     "student_t_quantile",
     "mean_interval",
     "paired_difference",
+    "percent_with_interval",
 ]
 
 CONFIDENCE = 0.95
@@ -281,3 +282,11 @@ def paired_difference(values, reference, higher_is_better: bool = True,
     else:
         verdict = "no difference resolved"
     return {"difference": mean, "interval": interval, "verdict": verdict, "seeds": int(values.size)}
+
+
+def percent_with_interval(value: float, interval) -> str:
+    """A rate as the summaries and tables print it, "95.90% [95.12, 96.58]" (the interval in
+    brackets when there is one)."""
+    if interval is None:
+        return f"{100 * value:.2f}%"
+    return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
