@@ -34,7 +34,8 @@ all-reduced here; they must not be all-reduced again.
 
 ``sample_rate`` < 1 adds Partial FC's class sampling, an approximation (see ShardedMarginHead).
 
-Labels are not read back to check their range (that would stop the device every step); a label
+Labels are checked as everywhere (amnp.validation.class_labels); their range is a value check,
+which reads them back, so a training step skips it (``value_checks(False)``): there a label
 that no rank owns makes its row's loss NaN instead of a wrong finite number.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..functional.normalize import DEFAULT_EPS
 from ..config import build_head
 from ..heads import SCALE_FLOOR, MarginHead
 from ..layers import Layer
-from ..validation import floating_array, same_dtype
+from ..validation import class_labels, floating_array, same_dtype
 from .communicator import Communicator
 
 
@@ -173,9 +174,7 @@ class ShardedMarginHead(Layer):
         if embeddings.shape[1] != shard.params["weight"].shape[1]:
             raise ValueError(f"{where}: embeddings have {embeddings.shape[1]} features but the "
                              f"weight expects {shard.params['weight'].shape[1]}")
-        if not hasattr(labels, "dtype") or labels.dtype.kind not in "iu" or labels.shape != embeddings.shape[:1]:
-            raise ValueError(f"{where}: expected integer labels of shape ({embeddings.shape[0]},), got "
-                             f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+        class_labels(labels, embeddings.shape[0], shard.num_classes, where)
         xp = get_array_module(embeddings, labels, shard.params["weight"])
         feature_norm_scale = self.s is None and "scale" not in self.params
 
