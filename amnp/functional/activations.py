@@ -57,13 +57,18 @@ def prelu(x, weight):
     x = +inf with a slope of exactly 0 the product is NaN, and so is the maximum).
     """
     _check_prelu_inputs(x, weight)
+    return _prelu_value(x, weight)
+
+
+def _prelu_value(x, weight, negative_part=None):
+    """:func:`prelu` after its checks; ``negative_part``: min(x, 0), when the caller has it."""
     xp = get_array_module(x, weight)
     slope = weight.reshape(_slope_shape(x, weight))
     if xp is np and bool((weight <= 1).all()):
         out = x * slope
         return np.maximum(out, x, out=out)
     out = xp.maximum(x, 0)
-    out += slope * xp.minimum(x, 0)  # in place: one array fewer
+    out += slope * (xp.minimum(x, 0) if negative_part is None else negative_part)  # in place: one array fewer
     return out
 
 
@@ -87,8 +92,9 @@ def prelu_forward(x, weight):
     out = x where x > 0, weight[c] · x elsewhere; the cache keeps min(x, 0) and the mask
     x > 0 for backward.
     """
-    xp = get_array_module(x, weight)
-    return prelu(x, weight), PReLUCache(xp.minimum(x, 0), weight, x > 0)
+    _check_prelu_inputs(x, weight)
+    negative_part = get_array_module(x, weight).minimum(x, 0)
+    return _prelu_value(x, weight, negative_part), PReLUCache(negative_part, weight, x > 0)
 
 
 def prelu_backward(dout, cache: PReLUCache, input_grad=True):
