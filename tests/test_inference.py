@@ -9,6 +9,8 @@ import pytest
 from amnp import models
 from amnp.inference import embed, features, preprocess
 
+from .checkout import checkout_env
+
 
 def test_mirror_fusion_sums_the_features_of_each_image_and_its_mirror():
     rng = np.random.default_rng(0)
@@ -42,5 +44,6 @@ def test_loading_a_run_imports_neither_the_trainer_nor_tqdm_nor_matplotlib():
     code = ("import sys, amnp.run\n"
             "print(sorted(m for m in ('amnp.training', 'amnp.inference', 'amnp.data', 'tqdm', 'matplotlib') "
             "if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=checkout_env())
     assert result.stdout.strip() == "[]"

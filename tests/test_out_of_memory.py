@@ -2,7 +2,6 @@
 batch size and what to lower, never a traceback.  Host memory runs out for real here, in a
 child process whose address space is limited (RLIMIT_AS); device memory runs out through
 exceptions built as CuPy's are (this machine may have no GPU)."""
-import os
 import resource
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from amnp import cli
 from amnp.training import Trainer
 
+from .checkout import checkout_env
 from .test_inference_cli import write_tree
 from .test_training import tiny_dataset
 
@@ -23,7 +23,7 @@ def amnp_with_limited_memory(arguments, cwd):
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
     return subprocess.run([sys.executable, "-m", "amnp", *arguments], cwd=cwd, capture_output=True, text=True,
-                          preexec_fn=limit, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                          preexec_fn=limit, env=checkout_env(OPENBLAS_NUM_THREADS="1"))
 
 
 def one_error_line(done):

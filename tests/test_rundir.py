@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +16,16 @@ import pytest
 from amnp import checkpoint, cli, rundir
 from amnp.data import load_folder_dataset
 
+from .checkout import checkout_env
 from .test_inference_cli import write_tree
 from .test_training import tiny_dataset
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 TINY = ["--iters", "4", "--batch-size", "8"]
 
 
 def amnp_process(*arguments, code="from amnp import cli; import sys; sys.exit(cli.main(sys.argv[1:]))"):
     """A real second process running ``code`` with ``arguments`` (the amnp of this checkout)."""
-    env = dict(os.environ, PYTHONPATH=str(REPOSITORY), PYTHONUNBUFFERED="1")
+    env = checkout_env(PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-c", code, *map(str, arguments)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

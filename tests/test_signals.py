@@ -16,6 +16,7 @@ import pytest
 from amnp import checkpoint
 from amnp.training import Trainer
 
+from .checkout import checkout_env
 from .test_training import config, tiny_dataset
 
 STEPS = 120  # long enough that a signal sent after the first log (step 20) arrives mid-run
@@ -32,7 +33,7 @@ def with_default_stop_signals():
 def amnp_process(arguments, cwd):
     return subprocess.Popen([sys.executable, "-m", "amnp", *arguments], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=with_default_stop_signals,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1"))
+                            env=checkout_env(PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1"))
 
 
 def logged_steps(run_dir):
@@ -53,7 +54,7 @@ def uninterrupted(tmp_path_factory):
     """The arrays of the checkpoint of the run trained straight to the end."""
     out = tmp_path_factory.mktemp("straight") / "run"
     done = subprocess.run([sys.executable, "-m", "amnp", *TRAIN, "--out", str(out)], capture_output=True,
-                          text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                          text=True, env=checkout_env(OPENBLAS_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr
     return checkpoint.read(out / "checkpoint.npz")
 
@@ -76,7 +77,7 @@ def test_a_stop_signal_saves_the_last_step_and_the_run_resumes_bit_identical(tmp
     assert f"continue with: amnp train --resume {out}" in stdout
 
     resumed = subprocess.run([sys.executable, "-m", "amnp", "train", "--resume", str(out), "--no-eval"],
-                             capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                             capture_output=True, text=True, env=checkout_env(OPENBLAS_NUM_THREADS="1"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {out} at step {trained} of {STEPS}" in resumed.stdout
     params, velocity, meta = checkpoint.read(out / "checkpoint.npz")
