@@ -55,7 +55,7 @@ def main():
 
     from amnp import layers as L
     from amnp import models
-    from compare_torch import blas_description, describe, median_call, network_ops
+    from compare_torch import blas_description, median_call, network_ops
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -323,6 +323,15 @@ def write_image(path, size=(8, 8), seed=0, mode="RGB"):
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
 
 
+def face_folder(root, identities=8, per_identity=4, size=(16, 16)):
+    """root/p0, root/p1, …: ``per_identity`` PNG images of ``size`` each, seeded 10·i + k; returns root."""
+    for i in range(identities):
+        (root / f"p{i}").mkdir(parents=True)
+        for k in range(per_identity):
+            write_image(root / f"p{i}" / f"{k}.png", size=size, seed=10 * i + k)
+    return root
+
+
 @pytest.fixture
 def face_tree(tmp_path):
     """alice: 3 PNG, bob: 2 JPEG (upper-case extension), carol: 2 PNG + 1 corrupt, dave: 1."""

@@ -7,13 +7,12 @@ import sys
 import zlib
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from amnp import cli
 from amnp.data import load_image_folder, read_image
 
-from .test_data import write_image
+from .test_data import face_folder, write_image
 from .test_inference_cli import trained  # noqa: F401 - a fixture: a run on 3x16x16 images
 
 
@@ -66,14 +65,6 @@ def test_16_bit_pngs_are_scaled_to_8_bits(tmp_path):
     with Image.open(tmp_path / "grey32.tif") as image:
         assert image.mode == "I"
     np.testing.assert_array_equal(read_image(tmp_path / "grey32.tif", grayscale=True), grey8[None])
-
-
-def face_folder(root, identities=8, per_identity=4):
-    for i in range(identities):
-        (root / f"p{i}").mkdir(parents=True)
-        for k in range(per_identity):
-            write_image(root / f"p{i}" / f"{k}.png", size=(16, 16), seed=10 * i + k)
-    return root
 
 
 def cached_images(cache):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from amnp import cli
-from amnp.data import DiskImages, load_folder_dataset, load_image_folder
+from amnp.data import DiskImages, load_image_folder
 from amnp.data import folder as folder_module
 from amnp.data import on_disk as on_disk_module
 from amnp.data.on_disk import DiskImageWriter
@@ -23,7 +23,7 @@ from amnp.config import TrainConfig
 from amnp.training import Trainer
 
 from .host_guard import guard, guard_parameters, transfers
-from .test_data import face_tree, write_image  # noqa: F401 - face_tree is a fixture
+from .test_data import face_folder, face_tree, write_image  # noqa: F401 - face_tree is a fixture
 from .test_training import tiny_dataset
 
 
@@ -32,15 +32,6 @@ def write_disk_images(images, directory):
         for image in images:
             writer.append(image)
         return writer.commit()
-
-
-def write_identity_folders(root, size):
-    """root/p0 … root/p7, four PNG images of ``size`` each; returns root."""
-    for i in range(8):
-        (root / f"p{i}").mkdir(parents=True)
-        for k in range(4):
-            write_image(root / f"p{i}" / f"{k}.png", size=size, seed=10 * i + k)
-    return root
 
 
 @pytest.fixture
@@ -182,7 +173,7 @@ def test_training_on_a_damaged_cache_stops_with_one_line(tmp_path, capsys, monke
     """Random bytes in images.u8, at its size: the run stops at its first batch."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("AMNP_CACHE_DIR", str(cache))
-    root = write_identity_folders(tmp_path / "faces", size=(8, 8))
+    root = face_folder(tmp_path / "faces", size=(8, 8))
     train = ["train", "--dataset", f"folder:{root}", "--iters", "2", "--batch-size", "4", "--no-eval"]
     assert cli.main(train + ["--out", str(tmp_path / "first")]) == 0
     (directory,) = (cache / "folders").iterdir()
@@ -316,7 +307,7 @@ def test_training_from_disk_downloads_nothing_per_step(tmp_path):
 
 def test_the_cli_trains_a_folder_from_the_dataset_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AMNP_CACHE_DIR", str(tmp_path / "cache"))
-    root = write_identity_folders(tmp_path / "faces", size=(12, 12))
+    root = face_folder(tmp_path / "faces", size=(12, 12))
     args = ["train", "--dataset", f"folder:{root}", "--iters", "2", "--batch-size", "8",
             "--model", "sphereface4"]
     assert cli.main(args + ["--out", str(tmp_path / "run")]) == 0
@@ -408,7 +399,7 @@ def small_tmpfs(tmp_path):
 def test_a_real_full_disk_under_the_cli(tmp_path, capsys, monkeypatch, small_tmpfs, size):
     disk = small_tmpfs(size)
     monkeypatch.setenv("AMNP_CACHE_DIR", str(disk))
-    root = write_identity_folders(tmp_path / "faces", size=(16, 16))
+    root = face_folder(tmp_path / "faces", size=(16, 16))
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", f"folder:{root}", "--iters", "1", "--batch-size", "4",
                      "--out", str(out)]) == cli.EXIT_BAD_INPUT
