@@ -102,8 +102,9 @@ class Trainer:
     """Builds the network, head, optimizer and schedule of a TrainConfig and runs the loop.
 
     One step: minibatch → net.forward → head.forward (loss) → head.backward →
-    net.backward → optimizer.step(lr).  The run directory ``out_dir`` must exist
-    before ``train`` (the CLI creates it and writes config.json).
+    net.backward → optimizer.step(lr).  A new run begins with ``start`` (which writes
+    config.json, data.json and the step-0 checkpoint into ``out_dir``), a resumed one with
+    ``resume``; the caller holds the directory meanwhile (amnp.rundir.hold).
 
     ``comm``: the ranks to train on together (see the module docstring); every rank makes
     its Trainer with the same config and dataset and calls the same methods.
