@@ -25,6 +25,7 @@ from amnp.distributed import class_range, run_simulated
 from amnp.training import Trainer
 
 from .test_distributed import ROOT, mpi_missing, mpiexec
+from .test_signals import logged_steps
 from .test_training import config, tiny_dataset
 
 TRAIN = ("tests/distributed_cli.py", "train")
@@ -51,11 +52,6 @@ def one_process(*arguments):
 def saved(run_dir):
     with np.load(os.path.join(run_dir, "checkpoint.npz"), allow_pickle=False) as archive:
         return {key: archive[key] for key in archive.files if key != "meta"}, json.loads(str(archive["meta"]))
-
-
-def logged_steps(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as file:
-        return [json.loads(line)["step"] for line in file]
 
 
 @pytest.mark.parametrize("ranks", [2, 3])

@@ -3,7 +3,6 @@
 last step trained and the exit code 128 + the signal's number; the run resumes to
 bit-for-bit the parameters of an uninterrupted run.  Outside the training loop a signal
 ends the command with the same code and one line, no traceback."""
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from amnp import checkpoint
+from amnp.rundir import read_metrics
 from amnp.training import Trainer
 
 from .checkout import checkout_env
@@ -40,8 +40,8 @@ def amnp_process(arguments, cwd):
 
 
 def logged_steps(run_dir):
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+    """The steps logged so far ([] before the first log), read as amnp reads its journal."""
+    return [record["step"] for record in read_metrics(os.path.join(run_dir, "metrics.jsonl"))]
 
 
 def wait_until(condition, process, what, timeout=120):

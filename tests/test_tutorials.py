@@ -6,13 +6,11 @@ tutorials/README.md are tested too.
 All tutorials run once per session, as separate interpreters (as a student would run
 them), two at a time; the tests below read their results.
 """
-import importlib.util
 import json
 import math
 import os
 import re
 import runpy
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .host_guard import guard, guard_parameters, transfers
+from .test_distributed import mpi_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -276,8 +275,8 @@ def test_tutorial_10_times_steps_that_read_nothing_back(tmp_path, monkeypatch):
 def test_tutorial_11_runs_on_real_processes_under_mpiexec(tmp_path):
     """Under mpiexec the tutorial talks through MPI between real processes (not simulated
     ranks), and every rank passes its checks."""
-    if importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None:
-        pytest.skip('MPI test skipped: mpi4py or mpiexec is missing (pip install "amnp[dist]")')
+    if mpi_missing():
+        pytest.skip(f"MPI test skipped: {mpi_missing()}")
     script = TUTORIALS / "11_many_processes_by_hand.py"
     done = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", str(script)], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path, env=environment(tmp_path))
