@@ -112,13 +112,14 @@ def signalled_at(trainer, step, signum):
     trainer.train_step = step_sending
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_the_trainer_stops_on_sigterm_and_sighup_as_on_ctrl_c(tmp_path, stop_signals_as_from_a_shell, signum):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_the_trainer_stops_between_steps_on_each_stop_signal(tmp_path, stop_signals_as_from_a_shell, signum):
     trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
     signalled_at(trainer, 2, signum)
+    handler_before = signal.getsignal(signum)
     assert trainer.train() == "interrupted" and trainer.stopped_by == signum
     assert checkpoint.read(tmp_path / "checkpoint.npz")[2]["step"] == 3
-    assert signal.getsignal(signum) is stop_signals_as_from_a_shell, "the previous handler is back"
+    assert signal.getsignal(signum) is handler_before, "the previous handler is back"
     assert trainer.train() == "finished", "a new call trains on"
 
 
