@@ -93,7 +93,31 @@ class Margin:
 SCALE_FLOOR = 1.0
 
 
-class MarginHead(Head):
+class MarginSchedule:
+    """What a head with a margin (``self.margin``) and perhaps a learned ``scale`` parameter
+    does besides its forward and backward: set the margin's schedules, report them, and use
+    the scale above its floor.  Shared by MarginHead and its class-sharded form
+    (amnp.distributed.ShardedMarginHead)."""
+
+    def set_step(self, step: int) -> None:
+        self.margin.set_step(step)
+
+    def schedule(self) -> dict:
+        values = dict(self.margin.current)
+        if "scale" in self.params:
+            values["s"] = self._learned_scale()[0]  # the s the forward pass uses
+        return values
+
+    def _learned_scale(self):
+        """max(scale, SCALE_FLOOR), (1,)."""
+        return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
+
+    def _learned_scale_grad(self, dscale):
+        """dL/d(scale) from dL/ds: 0 below the floor, where the forward used the floor."""
+        return dscale * (self.params["scale"] >= SCALE_FLOOR)
+
+
+class MarginHead(MarginSchedule, Head):
     """Cosine layer + a member of the margin family (amnp.functional.margins).
 
     z_nj = scale_n · t_nj, t = the cosines with the target column replaced by ψ(cos θ_y).
@@ -117,18 +141,9 @@ class MarginHead(Head):
         if learn_scale:
             self.add_parameter("scale", asarray(np.full(1, s), dtype=dtype), weight_decay=False)
 
-    def set_step(self, step: int) -> None:
-        self.margin.set_step(step)
-
-    def schedule(self) -> dict:
-        values = dict(self.margin.current)
-        if "scale" in self.params:
-            values["s"] = self._scale()[0]  # the s the forward pass uses
-        return values
-
     def _scale(self):
         if "scale" in self.params:
-            return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
+            return self._learned_scale()
         return self.classifier.feature_norm if self.s is None else self.s
 
     def forward(self, embeddings, labels):
@@ -141,7 +156,7 @@ class MarginHead(Head):
         """dout · dLoss/d(embeddings) for the last forward; fills the classifier's and scale's grads."""
         dcos, dscale = F.margin_softmax_backward(dout, self._last_cache())
         if "scale" in self.params:
-            self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
+            self.grads["scale"] = self._learned_scale_grad(dscale)
         return self.classifier.backward(dcos, dscale if self.s is None else None)
 
     def target_cosines(self):

@@ -47,7 +47,7 @@ from .. import init as param_init
 from ..backend import get_array_module, to_numpy
 from ..functional.normalize import DEFAULT_EPS
 from ..config import build_head
-from ..heads import SCALE_FLOOR, MarginHead
+from ..heads import MarginHead, MarginSchedule
 from ..layers import Layer
 from ..validation import class_labels, floating_array, same_dtype
 from .communicator import Communicator
@@ -96,7 +96,7 @@ class ClassShard(Layer):
         return f"classes {self.start}:{self.stop} of {self.num_classes}"
 
 
-class ShardedMarginHead(Layer):
+class ShardedMarginHead(MarginSchedule, Layer):
     """A :class:`~amnp.heads.MarginHead` with its classes split across the ranks of ``comm``.
 
     Made from a MarginHead with :meth:`from_head` (or :func:`build_sharded_head`), whose margin,
@@ -153,18 +153,6 @@ class ShardedMarginHead(Layer):
 
     def children(self):
         return [("classifier", self.classifier)]
-
-    def set_step(self, step: int) -> None:
-        self.margin.set_step(step)
-
-    def schedule(self) -> dict:
-        values = dict(self.margin.current)
-        if "scale" in self.params:
-            values["s"] = self._learned_scale()[0]
-        return values
-
-    def _learned_scale(self):
-        return get_array_module(self.params["scale"]).maximum(self.params["scale"], SCALE_FLOOR)
 
     def forward(self, embeddings, labels):
         shard, comm = self.classifier, self.comm
@@ -269,7 +257,7 @@ class ShardedMarginHead(Layer):
             dx = F.l2_normalize_backward(self.comm.reduce_scatter(partial_dx_hat, sizes), x_norm_cache)
         if "scale" in self.params:
             dscale = self.comm.all_reduce((dlogits * modified).sum().reshape(1))
-            self.grads["scale"] = dscale * (self.params["scale"] >= SCALE_FLOOR)
+            self.grads["scale"] = self._learned_scale_grad(dscale)
         return dx
 
     def extra_repr(self):
