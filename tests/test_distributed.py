@@ -20,7 +20,6 @@ import pytest
 
 import amnp
 from amnp.distributed import (
-    ShardedMarginHead,
     SimulatedWorld,
     SingleProcess,
     all_reduce_gradients,
@@ -250,7 +249,7 @@ def test_class_sampling_needs_a_rate_in_0_1_and_a_generator():
 
 def test_only_margin_heads_are_sharded():
     with pytest.raises(TypeError, match="only the margin family .* got SoftmaxHead"):
-        ShardedMarginHead.from_head(build_head("softmax", 4, 3, dtype=np.float64, rng=0), SingleProcess())
+        build_sharded_head("softmax", 4, 3, SingleProcess(), dtype=np.float64, rng=0)
 
 
 def test_sharded_head_refuses_wrong_embeddings_and_labels():

@@ -99,8 +99,8 @@ class ClassShard(Layer):
 class ShardedMarginHead(MarginSchedule, Layer):
     """A :class:`~amnp.heads.MarginHead` with its classes split across the ranks of ``comm``.
 
-    Made from a MarginHead with :meth:`from_head` (or :func:`build_sharded_head`), whose margin,
-    scale and learned scale it takes, and whose weight rows of this rank's classes it copies.
+    Made by :func:`build_sharded_head`, with the margin, scale and learned scale of the loss's
+    MarginHead and this rank's rows of its weight.
     The calls are the MarginHead's: ``loss = head.forward(local_embeddings, local_labels)``
     (a 0-d array, the mean over the global batch, the same on every rank),
     ``d_local_embeddings = head.backward()``, ``head.params`` / ``head.grads``
@@ -131,25 +131,6 @@ class ShardedMarginHead(MarginSchedule, Layer):
                             "numpy.random.Generator seeded differently on each rank")
         self.sample_rate, self.sample_rng = float(sample_rate), sample_rng
         self.sampled_classes = None
-
-    @classmethod
-    def from_head(cls, head, comm: Communicator, sample_rate=1.0, sample_rng=None) -> "ShardedMarginHead":
-        """This rank's shard of ``head`` (copies: the head itself is left as it is)."""
-        _check_margin_head(head)
-        classifier = head.classifier
-        start, stop = class_range(classifier.num_classes, comm.size, comm.rank)
-        return cls._with_weight(head, classifier.params["weight"][start:stop].copy(), classifier.num_classes,
-                                comm, sample_rate, sample_rng)
-
-    @classmethod
-    def _with_weight(cls, head, weight, num_classes, comm, sample_rate, sample_rng) -> "ShardedMarginHead":
-        """The shard of ``head``'s margin, scale and name whose weight is ``weight``, this rank's
-        rows of a (num_classes, D) weight."""
-        start, stop = class_range(num_classes, comm.size, comm.rank)
-        shard = ClassShard(weight, start, stop, num_classes, head.classifier.eps)
-        scale = head.params["scale"].copy() if "scale" in head.params else None
-        return cls(head.margin, shard, comm, s=head.s, scale=scale, name=head.name,
-                   sample_rate=sample_rate, sample_rng=sample_rng)
 
     def children(self):
         return [("classifier", self.classifier)]
@@ -286,9 +267,12 @@ def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: C
     # depends on the classes); its one-row weight, from a generator of its own, is dropped
     head = build_head(loss, embedding_size, 1, dtype=dtype, rng=0, **options)
     _check_margin_head(head)
-    rows = class_range(num_classes, comm.size, comm.rank)
+    start, stop = class_range(num_classes, comm.size, comm.rank)
     # the draw of the head's own classifier (amnp.layers.CosineLinear), restricted to the rows
     weight = param_init.weight((num_classes, embedding_size), embedding_size, head.classifier.weight_init,
                                param_init.check_dtype(dtype, "sharded head"), param_init.make_rng(rng),
-                               "sharded head", rows=rows)
-    return ShardedMarginHead._with_weight(head, weight, num_classes, comm, sample_rate, sample_rng)
+                               "sharded head", rows=(start, stop))
+    shard = ClassShard(weight, start, stop, num_classes, head.classifier.eps)
+    scale = head.params["scale"] if "scale" in head.params else None
+    return ShardedMarginHead(head.margin, shard, comm, s=head.s, scale=scale, name=head.name,
+                             sample_rate=sample_rate, sample_rng=sample_rng)
