@@ -143,20 +143,31 @@ def matching_state(given: dict, own: dict, where: str = "", complete: bool = Tru
         raise (ValueError if problems else TypeError)(f"{where}: {message}" if where else message)
 
 
+def integer_array(values, name: str, ndim: int | None = None) -> np.ndarray:
+    """``values`` as an int64 NumPy array (with ``ndim`` dimensions, when given): TypeError
+    for other than integers, ValueError for another number of dimensions."""
+    array = np.asarray(values)
+    if array.size == 0:  # an empty list has dtype float64 and is still a valid empty array
+        array = array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}")
+    return array.astype(np.int64, copy=False)
+
+
 def row_indices(values, size: int, name: str, what: str):
-    """``values`` as an int64 NumPy array of indices into the ``size`` rows of ``what``:
-    TypeError when they are not integers, ValueError when one lies outside [0, size).
-    Negative indices are refused on purpose: NumPy would wrap them around to the end of
-    the array and pick the wrong row."""
-    indices = np.asarray(values)
-    if indices.size == 0:  # an empty list has dtype float64 and is still a valid empty index
-        return indices.astype(np.int64)
-    if not np.issubdtype(indices.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer indices, got dtype {indices.dtype}")
+    """``values`` as an int64 NumPy array of indices into the ``size`` rows of ``what``
+    (:func:`integer_array`), ValueError when one lies outside [0, size).  Negative indices
+    are refused on purpose: NumPy would wrap them around to the end of the array and pick
+    the wrong row."""
+    indices = integer_array(values, name)
+    if indices.size == 0:
+        return indices
     if indices.min() < 0 or indices.max() >= size:
         raise ValueError(f"{name} must index {what} (0..{size - 1}): out of range, "
                          f"found values from {indices.min()} to {indices.max()}")
-    return indices.astype(np.int64, copy=False)
+    return indices
 
 
 def window(kernel_size, stride, padding, where: str):

@@ -374,7 +374,7 @@ def test_bad_verification_inputs(call, message):
     "call, message",
     [
         (lambda: kfold_verification(S, Y, np.array([0.0, 1.0, 0.0, 1.0])), "integer fold"),
-        (lambda: pair_scores(np.eye(3), np.array([[0.0, 1.0]])), "integer indices"),
+        (lambda: pair_scores(np.eye(3), np.array([[0.0, 1.0]])), "pairs must hold integers, got dtype float64"),
     ],
 )
 def test_a_wrong_dtype_is_a_type_error(call, message):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import asarray, get_array_module
-from ..validation import row_indices
+from ..validation import integer_array, row_indices
 from .on_disk import DiskImages
 
 __all__ = [
@@ -46,20 +46,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "amnp"
     return Path.home() / ".cache" / "amnp"
-
-
-def _as_int64(name: str, values, ndim: int) -> np.ndarray:
-    """Return ``values`` as an int64 array with ``ndim`` dimensions; TypeError for other
-    than integers, ValueError for another number of dimensions."""
-    array = np.asarray(values)
-    if array.size == 0:
-        # An empty list has dtype float64; it is still a valid empty index array.
-        array = array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}")
-    return array.astype(np.int64, copy=False)
 
 
 def _check_images(name: str, images) -> None:
@@ -132,13 +118,13 @@ class VerificationDataset:
         if self.train_images.shape[1] not in (1, 3):
             raise ValueError(f"images must have 1 or 3 channels, got {self.train_images.shape[1]}")
 
-        self.train_labels = _as_int64("train_labels", self.train_labels, 1)
-        self.test_labels = _as_int64("test_labels", self.test_labels, 1)
+        self.train_labels = integer_array(self.train_labels, "train_labels", 1)
+        self.test_labels = integer_array(self.test_labels, "test_labels", 1)
         pairs = np.asarray(self.pairs)
-        self.pairs = _as_int64("pairs", pairs.reshape(0, 2) if pairs.size == 0 else pairs, 2)
-        self.pair_fold = _as_int64("pair_fold", self.pair_fold, 1)
-        self.gallery = _as_int64("gallery", self.gallery, 1)
-        self.probes = _as_int64("probes", self.probes, 1)
+        self.pairs = integer_array(pairs.reshape(0, 2) if pairs.size == 0 else pairs, "pairs", 2)
+        self.pair_fold = integer_array(self.pair_fold, "pair_fold", 1)
+        self.gallery = integer_array(self.gallery, "gallery", 1)
+        self.probes = integer_array(self.probes, "probes", 1)
         self.pair_same = np.asarray(self.pair_same)
         if self.pair_same.size == 0:
             self.pair_same = self.pair_same.astype(bool)
@@ -389,7 +375,7 @@ def make_pairs_protocol(labels, rng: np.random.Generator, folds: int = 10,
     ValueError
         Fewer than two identities, or no identity with two images.
     """
-    labels = _as_int64("labels", labels, 1)
+    labels = integer_array(labels, "labels", 1)
     if folds < 1 or pairs_per_fold < 1:
         raise ValueError(f"folds and pairs_per_fold must be >= 1, got {folds} and {pairs_per_fold}")
     ids, counts = np.unique(labels, return_counts=True)
@@ -458,7 +444,7 @@ def make_gallery_probes(labels, rng: np.random.Generator):
     probes : int64 array, shape (Q,)
         The remaining images of those identities, sorted.
     """
-    labels = _as_int64("labels", labels, 1)
+    labels = integer_array(labels, "labels", 1)
     # A random permutation followed by a stable sort by label puts each
     # identity's images together in random order: the first one is enrolled.
     order = rng.permutation(len(labels))
@@ -501,7 +487,7 @@ def make_open_set_protocol(labels, rng: np.random.Generator, gallery_fraction: f
     ValueError
         Fewer than two identities, or none with two images.
     """
-    labels = _as_int64("labels", labels, 1)
+    labels = integer_array(labels, "labels", 1)
     if not 0 < gallery_fraction < 1:
         raise ValueError(f"gallery_fraction must be between 0 and 1, got {gallery_fraction}")
     if int(enrolled_per_identity) != enrolled_per_identity or enrolled_per_identity < 1:
