@@ -93,7 +93,7 @@ class Communicator:
     def all_gather(self, x, sizes: Sequence[int]):
         """x: (sizes[rank], ...) on each rank -> (sum(sizes), ...): every rank's rows, in rank
         order, on every rank.  With one rank it returns x itself."""
-        self._check_sizes(x, sizes, "all_gather", rows=sizes[self.rank] if len(sizes) == self.size else None)
+        self._check_sizes(x, sizes, "all_gather")
         if self.size == 1:
             return x
         xp = get_array_module(x)
@@ -110,7 +110,7 @@ class Communicator:
     def reduce_scatter(self, x, sizes: Sequence[int]):
         """x: (sum(sizes), ...) on each rank -> (sizes[rank], ...): this rank's rows of the sum
         of x over ranks.  With one rank it returns x itself."""
-        self._check_sizes(x, sizes, "reduce_scatter", rows=sum(sizes) if len(sizes) == self.size else None)
+        self._check_sizes(x, sizes, "reduce_scatter")
         if self.size == 1:
             return x
         xp = get_array_module(x)
@@ -143,11 +143,14 @@ class Communicator:
         if not 0 <= root < self.size:
             raise ValueError(f"{self._name}: root must be a rank in [0, {self.size - 1}], got {root}")
 
-    def _check_sizes(self, x, sizes, what, rows) -> None:
+    def _check_sizes(self, x, sizes, what) -> None:
+        """``sizes``: one row count per rank; x holds this rank's rows (all_gather) or the
+        rows of every rank (reduce_scatter)."""
         self._check_buffer(x, what)
         if len(sizes) != self.size or any(int(n) != n or n < 0 for n in sizes):
             raise ValueError(f"{self._name}: {what} needs one row count >= 0 per rank ({self.size}), "
                              f"got {list(sizes)}")
+        rows = sizes[self.rank] if what == "all_gather" else sum(sizes)
         if x.ndim < 1 or x.shape[0] != rows:
             raise ValueError(f"{self._name}: {what} on rank {self.rank} expects {rows} rows for sizes "
                              f"{list(sizes)}, got shape {tuple(x.shape)}")
