@@ -157,3 +157,11 @@ def test_a_one_seed_comparison_of_the_old_layout_is_refused_with_the_way_to_reus
     (out / "softmax").rename(out / "seed-0" / "softmax")
     assert cli.main(arguments) == 0
     assert "softmax, seed 0: finished earlier" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1]], ids=["none", "repeated"])
+def test_compare_from_python_refuses_seeds_that_are_not_distinct(tmp_path, seeds):
+    with pytest.raises(ValueError, match=rf"seeds must be distinct and at least one, got \[{', '.join(map(str, seeds))}\]"):
+        compare.compare([parse_entry("softmax")], TrainConfig(iters=2, epochs=None, batch_size=8),
+                        lambda seed: tiny_dataset(seed=seed), str(tmp_path / "c"), seeds=seeds)
+    assert not (tmp_path / "c").exists()

@@ -309,3 +309,11 @@ def test_the_command_trains_on_gpus_through_nccl(cupy_module, tmp_path):
     assert two_state["param/head.classifier.weight"].shape == (7, 128)
     for name, value in one_state.items():
         np.testing.assert_allclose(two_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_a_sharded_head_without_distributed_is_refused_in_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--iters", "1", "--no-eval",
+                     "--sharded-head"]) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("amnp: error: --sharded-head splits the head's classes over the ranks "
+                                       "of --distributed\n")
+    assert not (tmp_path / "run").exists()

@@ -290,3 +290,14 @@ def test_runs_saved_before_the_input_shape_was_recorded(trained, tmp_path):
     # glyphs have one input, 1x32x32: this network (3x16x16) is then not the checkpoint's
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this network: 0.weight has shape"):
         amnp.load_run(run)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_how_to_go_on(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "checkpoint.npz").unlink()
+    with pytest.raises(amnp.checkpoint.CheckpointError, match=f"{run} has no checkpoint yet: .*"
+                       f"`amnp train --resume {run}` trains it"):
+        amnp.load_run(run)
+    assert cli.main(["embed", str(run), "--images", str(trained["lfw"])]) == cli.EXIT_BAD_INPUT
+    assert f"{run} has no checkpoint yet" in capsys.readouterr().err

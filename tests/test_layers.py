@@ -279,3 +279,12 @@ def test_a_head_scaled_by_the_feature_norm_runs_its_forward_in_inference_mode():
     with L.inference_mode():
         inferred = head.forward(embeddings, labels)
     np.testing.assert_array_equal(inferred, recorded)
+
+
+def test_the_feature_norm_is_asked_after_a_forward_with_normalised_features():
+    with pytest.raises(RuntimeError, match="CosineLinear: feature_norm asked before forward"):
+        L.CosineLinear(4, 3, rng=0).feature_norm
+    layer = L.CosineLinear(4, 3, normalize_features=False, rng=0)
+    layer.forward(np.ones((2, 4), np.float32))
+    with pytest.raises(RuntimeError, match="feature_norm needs normalize_features=True"):
+        layer.feature_norm

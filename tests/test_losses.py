@@ -142,3 +142,8 @@ def test_conditional_margin_gradient_away_from_the_jump(seed, n, c):
     target = cos[np.arange(n), labels]
     cos[np.arange(n), labels] = np.where(np.abs(target - 0.35) < 0.05, target + 0.1, target)
     assert check_loss(losses.AMSoftmaxLoss(0.35, 16.0, conditional=True), cos, labels).passed
+
+
+def test_am_softmax_defaults_to_the_paper_margin_and_amnps_scale():
+    loss = losses.AMSoftmaxLoss()
+    assert (loss.m, loss.s) == (0.35, F.DEFAULT_SCALE) and F.DEFAULT_SCALE == 16

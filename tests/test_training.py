@@ -310,3 +310,9 @@ def test_every_random_stream_of_a_run_is_its_own_even_with_trailing_zeros():
     for (stream, _), draw in draws.items():
         owners.setdefault(draw, set()).add(stream)
     assert all(len(streams) == 1 for streams in owners.values()), owners
+
+
+@pytest.mark.parametrize("image_size", [[0, 5], [12], [12.5, 8]])
+def test_an_image_size_that_is_not_two_positive_integers_is_refused(image_size):
+    with pytest.raises(ValueError, match=r"image-size must be two positive integers H,W"):
+        TrainConfig(dataset="folder:faces", image_size=image_size).validate()
