@@ -55,6 +55,13 @@ def test_gemm_rates_runs_at_toy_size():
     assert "1 threads" in done.stdout  # the thread count reached NumPy's BLAS (set before its import)
 
 
+def test_the_checksum_benchmark_runs_at_toy_size():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "cache_checksums.py"), "--images", "300", "--batches", "2",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "checked" in done.stdout and "unchecked" in done.stdout
+
+
 def test_streaming_benchmark_runs_at_toy_size(tmp_path):
     folder = tmp_path / "faces"
     done = subprocess.run(

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -426,11 +425,3 @@ def test_a_file_vanishing_while_the_folder_is_listed_is_a_clear_error(face_tree,
                         lambda root: listed + [("dave", face_tree / "dave" / "gone.png")])
     with pytest.raises(ValueError, match="gone.png.*did the folder change while it was being read"):
         load_image_folder(face_tree, image_size=(6, 5), cache_dir=tmp_path / "cache")
-
-
-def test_the_checksum_benchmark_runs_at_toy_size():
-    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "cache_checksums.py")
-    done = subprocess.run([sys.executable, script, "--images", "300", "--batches", "2", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "checked" in done.stdout and "unchecked" in done.stdout
