@@ -64,7 +64,8 @@ EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C; any stop signal ends with 128 + its number
 
 # the options of `amnp train --resume DIR`; every other setting is the run's own
-RESUME_OPTIONS = ("--resume", "--backend", "--stop-at", "--no-eval", "--distributed", "--sharded-head")
+RESUME_OPTIONS = ("--resume", "--backend", "--threads", "--stop-at", "--no-eval", "--distributed",
+                  "--sharded-head")
 STILL_APPLY_ON_RESUME = ", ".join(RESUME_OPTIONS[1:-1]) + " and " + RESUME_OPTIONS[-1]
 
 
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (paper schedule, scaled)")
     train.add_argument("--backend", default=None,
                        help="numpy (CPU) or cupy (GPU) (default: the resumed run's, else AMNP_BACKEND, else numpy)")
+    train.add_argument("--threads", type=int, default=1, metavar="P",
+                       help="split each batch over P threads of this process, each with one BLAS thread (numpy "
+                            "backend; P = the cores is fastest; the results differ from one thread's by float "
+                            "rounding only) (default 1: one thread, and the BLAS library's own threads)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
@@ -428,7 +433,7 @@ def train_command(args) -> int:
         if args.resume is None and writer:
             refuse_existing_run(run_dir)
         dataset = open_dataset_in_turn(comm, config)
-        trainer = Trainer(config, dataset, run_dir, comm=comm, sharded_head=args.sharded_head)
+        trainer = Trainer(config, dataset, run_dir, comm=comm, sharded_head=args.sharded_head, threads=args.threads)
         if args.resume is not None:
             trainer.resume()
             if writer:
@@ -467,11 +472,13 @@ def train_held(args, trainer: Trainer, dataset) -> int:
     say = print if trainer.writer else lambda *args, **kwargs: None
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
     sampling = f", sampling {config.sample_rate:g} of its classes" if config.sample_rate < 1 else ""
+    threads = f", {trainer.replicas.threads} threads" if trainer.replicas.threads > 1 else ""
     ranks = (f" on {comm.size} ranks{' with the head sharded' + sampling if args.sharded_head else ''}"
              if args.distributed else "")
     say(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
         f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "
-        f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}{ranks}; run directory {run_dir}")
+        f"{trainer.total_steps} steps of {config.batch_size} on {config.backend}{threads}{ranks}; "
+        f"run directory {run_dir}")
     first_step, started = trainer.step, time.perf_counter()
     status = trainer.train(stop_at=args.stop_at)
     seconds = time.perf_counter() - started

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import asarray, get_array_module
-from .layers import CosineLinear, Layer, Linear
+from .layers import CosineLinear, Layer, Linear, backward_without_input_grad
 from .losses import Loss
 
 
@@ -174,3 +174,14 @@ class TrainingModel(Layer):
 
     def children(self):
         return [("net", self.net), ("head", self.head)]
+
+    def forward_backward(self, x, labels, step: int, share: float = 1.0):
+        """The head's schedules set to ``step``, the network and head forward (the loss),
+        backward through both, filling every parameter's gradient (the images get none).
+        Returns the loss, a 0-d array on the device.  ``share`` is dL/dloss: the part of the
+        loss being minimised that this batch's loss is (n / N for the mean over n images of a
+        batch of N)."""
+        self.head.set_step(step)
+        loss = self.head.forward(self.net.forward(x), labels)
+        backward_without_input_grad(self.net, self.head.backward(share))  # the images need no gradient
+        return loss

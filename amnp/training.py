@@ -47,9 +47,9 @@ from .distributed import (Communicator, ShardedMarginHead, SingleProcess, all_re
                           class_range)
 from .heads import TrainingModel
 from .init import stream_seed
-from .layers import backward_without_input_grad
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
+from .parallel import ThreadReplicas
 from .rundir import read_metrics, write_metrics
 from .validation import NonFiniteError, class_labels, finite, value_checks
 
@@ -112,11 +112,14 @@ class Trainer:
     ``sharded_head``: each rank holds a contiguous slice of the classes of a margin head
     (amnp.distributed.ShardedMarginHead) instead of the whole head, and samples its classes
     at ``config.sample_rate`` (a rate < 1 needs a sharded head).  ``dtype``: of the
-    parameters and the images (float32; float64 for exactness tests).
+    parameters and the images (float32; float64 for exactness tests).  ``threads``: split
+    each rank's batch over this many threads of the process (amnp.parallel; NumPy only, and
+    not with a sharded head, whose collectives run once per rank).
     """
 
     def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None,
-                 comm: Communicator | None = None, sharded_head: bool = False, dtype=np.float32):
+                 comm: Communicator | None = None, sharded_head: bool = False, dtype=np.float32,
+                 threads: int = 1):
         if config.backend is None:  # a bad AMNP_BACKEND raises here, never falls back to numpy
             config = dataclasses.replace(config, backend=get_backend())
         config.validate()
@@ -142,6 +145,13 @@ class Trainer:
         else:
             head = config.build_head(models.embedding_size(net), dataset.num_classes, rng=rng, dtype=dtype)
         self.model = TrainingModel(net, head)
+        if sharded_head and threads != 1:
+            raise ValueError(f"threads={threads}: a sharded head runs its collectives once per rank, "
+                             "so its batch cannot be split over threads; use one thread per rank")
+        self.replicas = ThreadReplicas(self.model, threads)
+        if config.batch_size // self.comm.size < self.replicas.threads:
+            raise ValueError(f"batch-size {config.batch_size} gives each of the {self.comm.size} ranks "
+                             f"{config.batch_size // self.comm.size} images, fewer than its {threads} threads")
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
         if config.batch_size > self.num_train:
@@ -294,9 +304,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, step: int):
-        """One SGD step (``sgd_step``); returns this rank's parts of the global batch's (loss,
-        margin-free accuracy, mean target cosine), device scalars that sum over the ranks to
-        the global values (``_read_window`` sums them).
+        """One SGD step; returns this rank's parts of the global batch's (loss, margin-free
+        accuracy, mean target cosine), device scalars that sum over the ranks to the global
+        values (``_read_window`` sums them).  The rank's batch runs through the model's
+        ``forward_backward`` in parts, one per thread (``self.replicas``), whose gradients sum
+        to the rank's; the ranks' are summed by one all-reduce; every rank applies the same
+        update.
 
         Nothing in a step reads a value back from the device, which on a GPU would stall it
         until it caught up: the labels were checked once in __init__, so the loss skips its
@@ -306,20 +319,28 @@ class Trainer:
         for the step's all-reduce to finish before it queues the next step.
         """
         x, y = self.batch(step)
-        head, global_batch = self.model.head, self.config.batch_size
-        sharded = isinstance(head, ShardedMarginHead)
-        # a replicated head's loss is the local mean: its share of the global mean is n_local / N
-        share = 1.0 if sharded else len(y) / global_batch
-        if sharded and head.sample_rate < 1:
-            head.sample_rng = self.class_sampling_rng(step)
-        with value_checks(False):
-            loss = sgd_step(self.model, self.optimizer, x, y, self.schedule(step), step, share,
-                            self._all_reduce_gradients if self.comm.size > 1 else None)
-        if sharded:  # the same global values on every rank: counted once, on rank 0
-            weight = 1.0 if self.comm.rank == 0 else 0.0
-            return loss * weight, head.correct().mean() * weight, head.target_cosines().mean() * weight
-        correct = (head.scores.argmax(axis=1) == y).sum() / global_batch
-        return loss * share, correct, head.target_cosines().sum() / global_batch
+        global_batch = self.config.batch_size
+        sharded = isinstance(self.model.head, ShardedMarginHead)
+        if sharded and self.model.head.sample_rate < 1:
+            self.model.head.sample_rng = self.class_sampling_rng(step)
+
+        def part(model, x, y):
+            head = model.head
+            # a replicated head's loss is the part's mean: its share of the global mean is n_part / N
+            share = 1.0 if sharded else len(y) / global_batch
+            with value_checks(False):
+                loss = model.forward_backward(x, y, step, share)
+            if sharded:  # the same global values on every rank: counted once, on rank 0
+                weight = 1.0 if self.comm.rank == 0 else 0.0
+                return loss * weight, head.correct().mean() * weight, head.target_cosines().mean() * weight
+            correct = (head.scores.argmax(axis=1) == y).sum() / global_batch
+            return loss * share, correct, head.target_cosines().sum() / global_batch
+
+        values = [sum(value) for value in zip(*self.replicas.run(part, x, y))]
+        if self.comm.size > 1:
+            self._all_reduce_gradients(self.model)
+        self.optimizer.step(self.schedule(step))
+        return tuple(values)
 
     def _all_reduce_gradients(self, model) -> None:
         """Sum the gradients over the ranks, in one buffer with the ranks' stop votes (a
@@ -438,21 +459,10 @@ class Trainer:
         return record
 
 
-def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int,
-             share: float = 1.0, reduce_gradients=None):
-    """One step of SGD on the batch (x, labels): the head's schedules set to ``step``, the
-    network and head forward (the loss), backward through both, one update at ``lr``.
-    Returns the loss, a 0-d array on the device.
-
-    On several ranks: ``share`` is dL/dloss, the part of the global loss that this batch's
-    loss is (n_local / N for a local mean), and ``reduce_gradients(model)`` sums the
-    gradients over the ranks before the update."""
-    net, head = model.net, model.head
-    head.set_step(step)
-    loss = head.forward(net.forward(x), labels)
-    backward_without_input_grad(net, head.backward(share))  # the images need no gradient
-    if reduce_gradients is not None:
-        reduce_gradients(model)
+def sgd_step(model: TrainingModel, optimizer: SGD, x, labels, lr: float, step: int):
+    """One step of SGD on the batch (x, labels): ``model.forward_backward``, then one update
+    at ``lr``.  Returns the loss, a 0-d array on the device."""
+    loss = model.forward_backward(x, labels, step)
     optimizer.step(lr)
     return loss
 

@@ -110,20 +110,27 @@ def amnp_batch(model, batch_size, classes):
     return amnp.asarray(x), amnp.asarray(y)
 
 
-def amnp_training(model, batch_size, classes):
+def amnp_training(model, batch_size, classes, threads=1):
     """(step, embed) closures for amnp on the current backend, on a fixed random batch: the
-    trainer's step, and the embedding pass in inference mode, as amnp.inference runs it."""
+    trainer's step, its batch split over ``threads`` threads as ``amnp train --threads``
+    splits it (amnp.parallel), and the embedding pass in inference mode, as amnp.inference
+    runs it."""
+    from amnp.heads import TrainingModel
     from amnp.layers import inference_mode
+    from amnp.parallel import ThreadReplicas
     from amnp.validation import value_checks
 
     net, head = amnp_model(model, classes)
     optimizer = amnp_optimizer(net, head)
+    replicas = ThreadReplicas(TrainingModel(net, head), threads)
     x, y = amnp_batch(model, batch_size, classes)
 
-    def step():
+    def part(model, x_part, y_part):
         with value_checks(False):  # as the trainer: no host reads
-            head.forward(net.forward(x), y)
-        net.backward(head.backward(), input_grad=False)
+            return model.forward_backward(x_part, y_part, 0, len(y_part) / len(y))
+
+    def step():
+        replicas.run(part, x, y)
         optimizer.step(LEARNING_RATE)
 
     def embed():
@@ -432,7 +439,8 @@ def timings(step, embed, steps):
 
 
 def run_amnp(args):
-    return timings(*amnp_training(args.model, args.batch_size, args.classes), args.steps)
+    threads = args.threads if args.worker == "amnp-split" else 1
+    return timings(*amnp_training(args.model, args.batch_size, args.classes, threads), args.steps)
 
 
 def run_torch(args):
@@ -498,7 +506,7 @@ def worker(args):
         rows, step = breakdown(args.model, args.batch_size, args.classes, args.steps)
         result = {"rows": rows, "step": step}
     else:
-        result = run_amnp(args) if args.worker == "amnp" else run_torch(args)
+        result = run_torch(args) if args.worker == "torch" else run_amnp(args)
     result["peak_rss_mib"] = peak_rss_mib()
     if args.worker != "torch":
         result["blas"] = blas_description()
@@ -594,13 +602,17 @@ def main():
                              "caches, PyTorch's eval() forward; images/s and the activations' memory")
     parser.add_argument("--amnp-only", action="store_true",
                         help="time amnp alone, as when PyTorch is not installed")
-    parser.add_argument("--worker", choices=["amnp", "amnp-recording", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["amnp", "amnp-split", "amnp-recording", "torch"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
 
-    sides = ["amnp", "amnp-recording"] if args.embedding else ["amnp"]
+    if args.embedding:
+        sides = ["amnp", "amnp-recording"]
+    else:  # the batch split over the threads (amnp.parallel) too, where there are several
+        sides = ["amnp", "amnp-split"] if args.threads > 1 and not args.breakdown else ["amnp"]
     if importlib.util.find_spec("torch") is None:
         print("PyTorch is not installed: timing amnp alone.")
     elif not args.amnp_only:
@@ -647,8 +659,11 @@ def print_embedding(results, batch_size):
 
 
 def print_steps(results):
+    labels = {"amnp": "amnp", "amnp-split": "amnp, split batch", "torch": "torch"}
     sides = list(results)
-    print(f"{'':<22}{'amnp':>24}" + (f"{'torch':>24}{'ratio':>8}" if "torch" in results else ""))
+    ratios = [side for side in sides if side != "torch"] if "torch" in results else []
+    print(f"{'':<22}" + "".join(f"{labels[side]:>24}" for side in sides)
+          + "".join(f"{'ratio' + (' (split)' if side == 'amnp-split' else ''):>16}" for side in ratios))
     for key, label in (("step", "training step (ms)"), ("embed", "embedding pass (ms)"),
                        ("step_cpu", "step, CPU time (ms)"), ("embed_cpu", "embedding, CPU time")):
         line = f"{label:<22}"
@@ -657,8 +672,7 @@ def print_steps(results):
             median, low, high = summary(results[side], key)
             medians[side] = median
             line += f"{median:>10.1f} ({low:.0f}-{high:.0f})".rjust(24)
-        if "torch" in results:
-            line += f"{medians['amnp'] / medians['torch']:>7.2f}x"
+        line += "".join(f"{medians[side] / medians['torch']:>15.2f}x" for side in ratios)
         print(line)
     line = f"{'peak RSS (MiB)':<22}"
     for side in sides:

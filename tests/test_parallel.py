@@ -1,0 +1,219 @@
+"""amnp.parallel: a batch split over the threads of one process gives the one-thread step
+(float64, to rounding), resumes bit for bit, follows the model's parameters, keeps the BLAS
+library on one thread per part and puts its count back, and refuses what it cannot split."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from amnp import checkpoint, models
+from amnp.config import build_head
+from amnp.distributed import SingleProcess, run_simulated
+from amnp.heads import TrainingModel
+from amnp.parallel import ThreadReplicas, one_blas_thread
+from amnp.training import Trainer
+
+from .checkout import checkout_env
+from .distributed_cases import relative_error
+from .host_guard import guard_parameters
+from .test_training import config, tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def trained(tmp_path, name, threads, comm=None, steps=6, **overrides):
+    """(parameters, logged losses) of a float64 run of ``steps`` steps on ``threads`` threads."""
+    out = str(tmp_path / name)
+    trainer = Trainer(config(iters=steps, batch_size=12, log_every=1, **overrides), tiny_dataset(num_classes=7, mirror=True),
+                      out, progress=False, comm=comm, dtype=np.float64, threads=threads)
+    trainer.start()
+    assert trainer.train() == "finished"
+    losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))] if trainer.writer else None
+    return trainer.model.state_dict(), losses
+
+
+@pytest.mark.parametrize("loss, options", [("am-softmax", {"s": 8.0}), ("softmax", {}),
+                                           ("normface", {"learn_scale": True, "s": 4.0})])
+@pytest.mark.parametrize("threads", [2, 5])  # 5: parts of 2, 2, 2, 3, 3 images
+def test_a_run_on_threads_matches_one_thread_to_1e_12(tmp_path, threads, loss, options):
+    one, one_losses = trained(tmp_path, "one", 1, loss=loss, loss_options=options)
+    split, split_losses = trained(tmp_path, "split", threads, loss=loss, loss_options=options)
+    assert split.keys() == one.keys()
+    for name, value in one.items():
+        assert relative_error(split[name], value) < 1e-12, name
+    assert relative_error(split_losses, one_losses) < 1e-12
+
+
+def test_ranks_that_each_split_their_batch_over_threads_match_one_process(tmp_path):
+    one, one_losses = trained(tmp_path, "one", 1)
+    # 2 simulated ranks × 2 threads: both levels of the sum, and one_blas_thread's blocks overlapping
+    results = run_simulated(2, lambda comm: trained(tmp_path, f"rank{comm.rank}", 2, comm=comm))
+    for state, _ in results:
+        for name, value in one.items():
+            assert relative_error(state[name], value) < 1e-12, name
+    assert relative_error(results[0][1], one_losses) < 1e-12
+
+
+def test_a_run_on_threads_resumes_bit_for_bit(tmp_path):
+    dataset = tiny_dataset(mirror=True)
+    straight = Trainer(config(), dataset, str(tmp_path / "a"), progress=False, threads=2)
+    straight.start()
+    assert straight.train() == "finished"
+    first = Trainer(config(), dataset, str(tmp_path / "b"), progress=False, threads=2)
+    first.start()
+    assert first.train(stop_at=5) == "stopped"
+    second = Trainer(config(), dataset, str(tmp_path / "b"), progress=False, threads=2)
+    second.resume()  # loads new arrays into the model's params: the replicas must follow
+    assert second.step == 5 and second.train() == "finished"
+    expected = straight.model.state_dict()
+    for name, value in second.model.state_dict().items():
+        assert np.array_equal(value, expected[name]), name
+
+
+def small_model(dtype=np.float64):
+    net = models.build("small", (1, 16, 16), dtype=dtype, rng=0)
+    return TrainingModel(net, build_head("am-softmax", models.embedding_size(net), 5, dtype=dtype, rng=1))
+
+
+def batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 16, 16)), rng.integers(0, 5, n)
+
+
+def split_step(replicas, x, y):
+    """The batch's mean loss in a step on ``replicas`` and the model's gradients."""
+    def part(model, x_part, y_part):
+        share = len(y_part) / len(y)
+        return model.forward_backward(x_part, y_part, 0, share) * share
+
+    parts = replicas.run(part, x, y)
+    model = replicas.model
+    return sum(parts), {name: owner.grads[key].copy() for name, owner, key in model.named_parameters()}
+
+
+def test_the_replicas_use_the_weights_loaded_into_the_model_after_they_were_made():
+    x, y = batch()
+    replicas = ThreadReplicas(small_model(), 3)
+    split_step(replicas, x, y)
+    new_weights = small_model().state_dict()
+    new_weights = {name: value * 0.5 for name, value in new_weights.items()}
+    replicas.model.load_state_dict(new_weights)  # new arrays in the model's params
+    loss, gradients = split_step(replicas, x, y)
+
+    reference = small_model()
+    reference.load_state_dict(new_weights)
+    expected_loss, expected = split_step(ThreadReplicas(reference, 1), x, y)
+    assert relative_error(loss, expected_loss) < 1e-12
+    for name, value in expected.items():
+        assert relative_error(gradients[name], value) < 1e-12, name
+
+
+def blas_threads():
+    return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+
+
+def test_each_part_multiplies_on_one_blas_thread_and_the_count_is_put_back_after():
+    before = blas_threads()
+    seen = []
+
+    def part(model, x, y):
+        seen.append(blas_threads())
+        return model.forward_backward(x, y, 0)
+
+    ThreadReplicas(small_model(), 2).run(part, *batch())
+    assert seen == [[1] * len(before)] * 2
+    assert blas_threads() == before
+
+
+def test_one_blas_thread_blocks_in_two_threads_take_turns_and_leave_the_count_as_it_was():
+    before = blas_threads()
+    seen = []
+
+    def second():
+        with one_blas_thread():
+            seen.append(blas_threads())
+
+    worker = threading.Thread(target=second)
+    with one_blas_thread():
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and not seen  # waiting for its turn
+    worker.join()
+    assert seen == [[1] * len(before)] and blas_threads() == before
+
+
+def test_an_error_in_one_part_is_raised_once_every_part_has_finished_and_the_replicas_still_work():
+    finished = []
+
+    def part(model, x, y):
+        if model is not replicas.model:
+            raise ValueError("labels out of range in this part")
+        finished.append(len(y))
+        return model.forward_backward(x, y, 0)
+
+    replicas = ThreadReplicas(small_model(), 2)
+    with pytest.raises(ValueError, match="labels out of range in this part"):
+        replicas.run(part, *batch())
+    assert finished == [3]
+    x, y = batch()
+    loss, _ = split_step(replicas, x, y)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_a_thread_count_that_is_not_a_positive_integer_is_refused(threads):
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        ThreadReplicas(small_model(), threads)
+
+
+def test_a_batch_smaller_than_the_threads_is_refused_naming_both(tmp_path):
+    with pytest.raises(ValueError, match="a batch of 2 cannot be split over 3 threads"):
+        ThreadReplicas(small_model(), 3).run(lambda *args: None, *batch(2))
+    with pytest.raises(ValueError, match="batch-size 4 gives each of the 1 ranks 4 images, fewer than its 5 threads"):
+        Trainer(config(batch_size=4), tiny_dataset(), str(tmp_path), progress=False, threads=5)
+
+
+def test_threads_with_a_sharded_head_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="a sharded head runs its collectives once per rank"):
+        Trainer(config(), tiny_dataset(), str(tmp_path), progress=False, comm=SingleProcess(), sharded_head=True,
+                threads=2)
+
+
+def test_threads_on_arrays_that_are_not_numpy_are_refused():
+    model = small_model(np.float32)
+    guard_parameters(model)  # device-like arrays, as CuPy's
+    with pytest.raises(ValueError, match="on cupy the GPU runs the whole batch: use one thread"):
+        ThreadReplicas(model, 2)
+    ThreadReplicas(model, 1)  # one thread: the plain step, on any array module
+
+
+def amnp_train(*arguments):
+    return subprocess.run([sys.executable, "-m", "amnp", "train", "--iters", "4", "--no-eval", *arguments],
+                          cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_the_command_trains_on_threads_says_so_and_resumes_on_another_count(tmp_path):
+    out = tmp_path / "run"
+    result = amnp_train("--threads", "2", "--stop-at", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "on numpy, 2 threads" in result.stdout
+    resumed = subprocess.run([sys.executable, "-m", "amnp", "train", "--resume", str(out), "--threads", "1",
+                              "--no-eval"], cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished at step 4" in resumed.stdout and "2 threads" not in resumed.stdout
+    assert checkpoint.read(str(out / "checkpoint.npz"))[2]["step"] == 4
+
+
+def test_the_command_refuses_a_thread_count_below_1_in_one_line(tmp_path):
+    result = amnp_train("--threads", "0", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "amnp: error: splitting the batch: threads must be a positive integer, got 0"]
+    assert not (tmp_path / "run").exists()
