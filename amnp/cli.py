@@ -111,6 +111,14 @@ def add_image_options(command, what: str) -> None:
                               "dataset: faces yes, glyphs and digits no)")
     command.add_argument("--backend", default=None,
                          help="numpy (CPU) or cupy (GPU) (default: AMNP_BACKEND, else numpy)")
+    add_threads_option(command, "the images of each batch", "")
+
+
+def add_threads_option(command, what: str, also: str) -> None:
+    command.add_argument("--threads", type=int, default=1, metavar="P",
+                         help=f"split {what} over P threads of this process, each with one BLAS thread "
+                              f"(numpy backend; P = the cores is fastest{also}) (default 1: one thread, and the "
+                              "BLAS library's own threads)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,10 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (paper schedule, scaled)")
     train.add_argument("--backend", default=None,
                        help="numpy (CPU) or cupy (GPU) (default: the resumed run's, else AMNP_BACKEND, else numpy)")
-    train.add_argument("--threads", type=int, default=1, metavar="P",
-                       help="split each batch over P threads of this process, each with one BLAS thread (numpy "
-                            "backend; P = the cores is fastest; the results differ from one thread's by float "
-                            "rounding only) (default 1: one thread, and the BLAS library's own threads)")
+    add_threads_option(train, "each batch, and the evaluation's",
+                       "; the results differ from one thread's by float rounding only")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<loss>-<time>)")
     train.add_argument("--resume", metavar="DIR", default=None,
@@ -385,9 +391,10 @@ def sample_indices(labels, identities=8, per_identity=8):
     return np.concatenate([np.flatnonzero(labels == c)[:per_identity] for c in chosen])
 
 
-def report(run_dir: str, net, dataset, seed: int) -> dict:
-    """Evaluate, write eval.json and every figure, print the summary."""
-    metrics, _ = evaluate(net, dataset, run_dir, seed)
+def report(run_dir: str, net, dataset, seed: int, threads: int) -> dict:
+    """Evaluate (embedding on ``threads`` threads), write eval.json and every figure, print
+    the summary."""
+    metrics, _ = evaluate(net, dataset, run_dir, seed, threads)
     figure_dir = os.path.join(run_dir, "figures")
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     if records:
@@ -491,7 +498,7 @@ def train_held(args, trainer: Trainer, dataset) -> int:
             raise Interrupted(trainer.stopped_by, every_rank=comm.size > 1)
         return 0
     if not args.no_eval and trainer.writer:
-        report(run_dir, trainer.model.net, dataset, config.seed)
+        report(run_dir, trainer.model.net, dataset, config.seed, trainer.replicas.threads)
     return 0
 
 
@@ -522,10 +529,10 @@ def open_run(args):
     return load_run(args.run_dir)
 
 
-def run_features(run_dir: str, net, images_uint8, mirror: bool) -> np.ndarray:
+def run_features(run_dir: str, net, images_uint8, mirror: bool, threads: int) -> np.ndarray:
     """amnp.inference.features, its error naming the run."""
     try:
-        return features(net, images_uint8, mirror)
+        return features(net, images_uint8, mirror, threads)
     except NonFiniteError as exc:
         raise UsageError(f"the network of {run_dir} {exc}") from None
 
@@ -536,7 +543,7 @@ def eval_command(args) -> int:
     if (args.pairs is None) != (args.images is None):
         raise UsageError("--pairs PAIRS_TXT and --images ROOT go together: the pairs name images under ROOT")
     if args.pairs is None:
-        given = options_written(args.argv, ("--backend", "--pairs", "--images"))
+        given = options_written(args.argv, ("--backend", "--threads", "--pairs", "--images"))
         if given:
             raise UsageError(f"{', '.join(given)} apply only with --pairs and --images; without them "
                              f"eval re-evaluates the run on its own held-out identities")
@@ -550,7 +557,7 @@ def eval_command(args) -> int:
           f"{len(pairs.test_images)} images of {len(pairs.identity_names)} identities"
           f"{', mirror-fused' if mirror else ''}")
     metrics, _ = held_out_metrics(run.net, pairs.test_images, pairs.test_labels, pairs.pairs,
-                                  pairs.pair_same, pairs.pair_fold, mirror, run.config.seed)
+                                  pairs.pair_same, pairs.pair_fold, mirror, run.config.seed, threads=args.threads)
     rundir.write_json(out, metrics)
     print(summary(metrics))
     print(f"results in {out}")
@@ -569,7 +576,7 @@ def eval_all_pairs(args) -> int:
     check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
     print(f"evaluating {args.run_dir} at step {run.step} on every pair of {len(folder.labels)} images of "
           f"{len(folder.class_names)} identities under {args.images}{', mirror-fused' if mirror else ''}")
-    metrics = all_pairs_with_intervals(run_features(args.run_dir, run.net, folder.images, mirror),
+    metrics = all_pairs_with_intervals(run_features(args.run_dir, run.net, folder.images, mirror, args.threads),
                                        folder.labels, run.config.seed)
     metrics["mirror_fused"] = bool(mirror)
     rundir.write_json(out, metrics)
@@ -587,7 +594,7 @@ def eval_held_out(args) -> int:
         dataset = open_dataset(config)
         rundir.check_data(args.run_dir, dataset, config.dataset, resuming=False)
         print(f"evaluating {args.run_dir} at step {run.step}")
-        report(args.run_dir, run.net, dataset, config.seed)
+        report(args.run_dir, run.net, dataset, config.seed, args.threads)
     return 0
 
 
@@ -597,7 +604,7 @@ def embed_command(args) -> int:
     out = args.out or os.path.join(args.run_dir, f"embeddings-{Path(args.images).resolve().name}.npz")
     folder = data.load_image_folder(args.images, image_size=image_size, grayscale=grayscale)
     check_input(folder.images.shape[1:], run, args.run_dir, f"--images {args.images}")
-    found = run_features(args.run_dir, run.net, folder.images, mirror).astype(np.float32)
+    found = run_features(args.run_dir, run.net, folder.images, mirror, args.threads).astype(np.float32)
     with open(out, "wb") as file:  # a file object: np.savez would add ".npz" to a path without it
         np.savez(file, features=found, paths=np.array(folder.paths), labels=folder.labels,
                  identities=np.array(folder.class_names))
@@ -644,7 +651,7 @@ def verify_command(args) -> int:
             raise UsageError(f"cannot read image {path} ({exc})") from None
         check_input(image.shape, run, args.run_dir, path)
         images.append(image)
-    found = run_features(args.run_dir, run.net, np.stack(images), mirror)
+    found = run_features(args.run_dir, run.net, np.stack(images), mirror, args.threads)
     cosine = float(found[0] @ found[1])
     decision = "same identity" if cosine >= threshold else "different identities"
     print(f"cosine {cosine:.4f}, threshold {threshold:.4f} (chosen on the held-out pairs of "

@@ -25,6 +25,7 @@ from .evaluation import roc_curve
 from .functional import l2_normalize_forward
 from .init import stream_seed
 from .layers import inference_mode
+from .parallel import BatchThreads
 from .statistics import evaluate_with_intervals
 from .validation import NonFiniteError
 
@@ -42,27 +43,38 @@ def preprocess(images_uint8, mirror_mask=None):
 EMBED_BATCH = 256
 
 
-def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH) -> np.ndarray:
+def embed(net, images_uint8, mirror: bool, batch_size: int = EMBED_BATCH, threads: int = 1) -> np.ndarray:
     """Embeddings (N, D) on the host for uint8 images; with ``mirror`` the embedding of each
     image is summed with that of its mirror image (the AM-Softmax deploy net).  The forward
-    passes run in inference mode: no layer keeps its activations for a backward."""
+    passes run in inference mode: no layer keeps its activations for a backward, so one
+    network can run the parts of a batch on ``threads`` threads at once (amnp.parallel;
+    NumPy only)."""
+    split = BatchThreads(threads)
+
+    def forward(_, x):
+        with inference_mode():  # in each part's own thread: the mode is per thread
+            return net.forward(x)
+
+    def embeddings(x):
+        parts = split.map(forward, x)
+        return parts[0] if len(parts) == 1 else get_array_module(parts[0]).concatenate(parts)
+
     chunks = []
-    with inference_mode():
-        for start in range(0, len(images_uint8), batch_size):
-            x = preprocess(asarray(images_uint8[start:start + batch_size]))
-            e = net.forward(x)
-            if mirror:
-                e = e + net.forward(x[..., ::-1])
-            chunks.append(to_numpy(e))
+    for start in range(0, len(images_uint8), batch_size):
+        x = preprocess(asarray(images_uint8[start:start + batch_size]))
+        e = embeddings(x)
+        if mirror:
+            e = e + embeddings(x[..., ::-1])
+        chunks.append(to_numpy(e))
     return np.concatenate(chunks).astype(np.float64)
 
 
-def features(net, images_uint8, mirror: bool) -> np.ndarray:
+def features(net, images_uint8, mirror: bool, threads: int = 1) -> np.ndarray:
     """L2-normalised embeddings (N, D), float64, with the ε-norm of amnp.functional (the
     cosine layer's); NonFiniteError when some are NaN or Inf (finite weights whose
-    activations overflow float32)."""
+    activations overflow float32).  ``threads``: as ``embed``'s."""
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
-        found = l2_normalize_forward(embed(net, images_uint8, mirror))[0]
+        found = l2_normalize_forward(embed(net, images_uint8, mirror, threads=threads))[0]
     broken = int(np.sum(~np.isfinite(found).all(axis=1)))
     if broken:
         raise NonFiniteError(f"gives NaN or Inf features for {broken} of the {len(found)} images "
@@ -71,13 +83,14 @@ def features(net, images_uint8, mirror: bool) -> np.ndarray:
 
 
 def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mirror: bool, seed: int,
-                     gallery=None, probes=None):
+                     gallery=None, probes=None, threads: int = 1):
     """Every protocol of amnp.evaluation on held-out images: verification on the given
     pairs and folds and on all pairs of images, closed-set identification on
     ``gallery``/``probes`` (drawn from the labels with the seed when not given) and open-set
     DIR@FAR on a protocol drawn from the labels with the seed, each with a bootstrap
-    interval over identities (amnp.statistics).  Returns (metrics dict, pair scores)."""
-    embeddings = embed(net, images_uint8, mirror)
+    interval over identities (amnp.statistics).  Returns (metrics dict, pair scores).
+    ``threads``: as ``embed``'s."""
+    embeddings = embed(net, images_uint8, mirror, threads=threads)
     if gallery is None:
         gallery, probes = make_gallery_probes(labels, np.random.default_rng(stream_seed(seed, "gallery")))
     gallery_open, genuine, impostors = make_open_set_protocol(
@@ -89,13 +102,13 @@ def held_out_metrics(net, images_uint8, labels, pairs, pair_same, pair_fold, mir
     return metrics, scores
 
 
-def evaluate(net, dataset, out_dir: str, seed: int = 0) -> tuple[dict, np.ndarray]:
+def evaluate(net, dataset, out_dir: str, seed: int = 0, threads: int = 1) -> tuple[dict, np.ndarray]:
     """Held-out verification (10-fold), TAR@FAR, EER, closed-set identification and open-set
     DIR@FAR; writes eval.json and the ROC and pair-score figures.  Returns the metrics and
-    the cosine score of each pair."""
+    the cosine score of each pair.  ``threads``: as ``embed``'s."""
     metrics, scores = held_out_metrics(
         net, dataset.test_images, dataset.test_labels, dataset.pairs, dataset.pair_same,
-        dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes)
+        dataset.pair_fold, dataset.mirror, seed, dataset.gallery, dataset.probes, threads)
     rundir.write_json(os.path.join(out_dir, "eval.json"), metrics)
     far, tar, _ = roc_curve(scores, dataset.pair_same)
     figure_dir = os.path.join(out_dir, "figures")

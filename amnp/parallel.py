@@ -58,10 +58,48 @@ def one_blas_thread():
         yield
 
 
+class BatchThreads:
+    """A pool of ``threads`` threads that runs a function on the contiguous parts of a batch,
+    one part per thread: ``map(function, *arrays)`` calls ``function(r, *parts_r)`` for every
+    part r, the first in the calling thread, and returns the results in part order.  The parts
+    are as equal as the rows allow, the larger ones last; a batch of fewer rows than threads
+    has one part per row.  ``threads=1``: one call on the whole batch, in the calling thread,
+    with the BLAS library's own threads.  Otherwise the calls run within ``one_blas_thread``,
+    and an error in any part is raised (the first part's first) once every part has finished.
+    Thread-local settings (``inference_mode``, ``value_checks``) are the calling thread's:
+    ``function`` sets those its part needs."""
+
+    def __init__(self, threads: int):
+        self.threads = positive_int(threads, "threads", "splitting the batch")
+        self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="amnp part") if self.threads > 1 else None
+
+    def check_arrays(self, *arrays) -> None:
+        """Refuse to split arrays that are not NumPy's over several threads."""
+        if self.threads > 1 and get_array_module(*arrays) is not np:
+            raise ValueError(f"threads={self.threads} splits the batch over the CPU's cores, for NumPy arrays; "
+                             "on cupy the GPU runs the whole batch: use one thread")
+
+    def map(self, function: Callable, *arrays) -> list:
+        n = len(arrays[0])
+        parts = min(self.threads, n)
+        if parts <= 1:
+            return [function(0, *arrays)]
+        self.check_arrays(*arrays)
+        bounds = [n * r // parts for r in range(parts + 1)]
+        rows = [slice(bounds[r], bounds[r + 1]) for r in range(parts)]
+        with one_blas_thread():
+            futures = [self._pool.submit(function, r, *(a[rows[r]] for a in arrays)) for r in range(1, parts)]
+            try:
+                first = function(0, *(a[rows[0]] for a in arrays))
+            finally:
+                for future in futures:  # every part finished before anything is raised
+                    future.exception()
+        return [first] + [future.result() for future in futures]
+
+
 class ThreadReplicas:
     """``threads`` replicas of ``model`` (a TrainingModel, or any Layer), the first being the
-    model itself, and a pool of threads to run them.  ``threads=1`` runs the one part in the
-    calling thread, with the BLAS library's own threads, as a plain step does.
+    model itself, and the threads to run them (``BatchThreads``).
 
     ``run(part, x, labels)`` calls ``part(replica, x_r, labels_r)`` for every part r of the
     batch, each in its own thread, and sums the replicas' gradients into the model's; see the
@@ -69,57 +107,33 @@ class ThreadReplicas:
     """
 
     def __init__(self, model: Layer, threads: int):
-        self.threads = positive_int(threads, "threads", "splitting the batch")
-        self.model = model
-        if self.threads > 1 and get_array_module(*self._parameters(model)) is not np:
-            raise ValueError(f"threads={self.threads} splits the batch over the CPU's cores, for NumPy arrays; "
-                             "on cupy the GPU runs the whole batch: use one thread")
+        self.split = BatchThreads(threads)
+        self.threads, self.model = self.split.threads, model
+        self.split.check_arrays(*self._parameters(model))
         shared = {id(p): p for p in self._parameters(model)}  # deepcopy's memo: these stay the same arrays
         self.replicas = [model] + [copy.deepcopy(model, dict(shared)) for _ in range(self.threads - 1)]
-        self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="amnp part")
-                      if self.threads > 1 else None)
 
     @staticmethod
     def _parameters(model: Layer) -> list:
         return [owner.params[key] for _, owner, key in model.named_parameters()]
 
-    def bounds(self, n: int) -> list[int]:
-        """The first row of each part of a batch of ``n`` and ``n`` itself: parts as equal as
-        rows allow, the larger ones last."""
-        if n < self.threads:
-            raise ValueError(f"a batch of {n} cannot be split over {self.threads} threads: "
-                             f"use a batch of at least {self.threads}, or fewer threads")
-        return [n * r // self.threads for r in range(self.threads + 1)]
-
     def run(self, part: Callable, x, labels) -> list:
         """``part(replica, x[rows], labels[rows])`` for each part, then the replicas' gradients
-        summed into the model's.  Returns each part's result, in part order.  An error in any
-        part is raised here (the first part's first), after every part has finished."""
-        if self.threads == 1:
-            return [part(self.model, x, labels)]
+        summed into the model's.  Returns each part's result, in part order."""
         for replica in self.replicas[1:]:
             self._share_parameters(replica)
-        bounds = self.bounds(len(x))
-        rows = [slice(bounds[r], bounds[r + 1]) for r in range(self.threads)]
-        with one_blas_thread():
-            futures = [self._pool.submit(part, replica, x[r], labels[r])
-                       for replica, r in zip(self.replicas[1:], rows[1:])]
-            try:
-                first = part(self.model, x[rows[0]], labels[rows[0]])
-            finally:
-                for future in futures:  # every part done with its replica before anything is raised
-                    future.exception()
-        results = [first] + [future.result() for future in futures]
-        self._sum_gradients()
+        results = self.split.map(lambda r, x_part, labels_part: part(self.replicas[r], x_part, labels_part),
+                                 x, labels)
+        self._sum_gradients(self.replicas[1:len(results)])
         return results
 
     def _share_parameters(self, replica: Layer) -> None:
         for (_, mine, key), (_, theirs, _) in zip(self.model.named_parameters(), replica.named_parameters()):
             theirs.params[key] = mine.params[key]
 
-    def _sum_gradients(self) -> None:
-        """Each model gradient += the replicas' gradients, in replica order."""
-        others = [list(replica.named_parameters()) for replica in self.replicas[1:]]
+    def _sum_gradients(self, others) -> None:
+        """Each model gradient += the gradients of ``others``, in replica order."""
+        others = [list(replica.named_parameters()) for replica in others]
         for position, (_, owner, key) in enumerate(self.model.named_parameters()):
             total = owner.grads[key]
             for named in others:

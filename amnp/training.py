@@ -149,9 +149,6 @@ class Trainer:
             raise ValueError(f"threads={threads}: a sharded head runs its collectives once per rank, "
                              "so its batch cannot be split over threads; use one thread per rank")
         self.replicas = ThreadReplicas(self.model, threads)
-        if config.batch_size // self.comm.size < self.replicas.threads:
-            raise ValueError(f"batch-size {config.batch_size} gives each of the {self.comm.size} ranks "
-                             f"{config.batch_size // self.comm.size} images, fewer than its {threads} threads")
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
         if config.batch_size > self.num_train:

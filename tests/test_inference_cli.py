@@ -105,6 +105,19 @@ def test_embed_and_verify_agree(trained, tmp_path, capsys, inference_only):
     assert line.strip().endswith("same identity" if cosine >= threshold else "different identities")
 
 
+def test_embed_on_threads_gives_the_features_of_one_thread(trained, tmp_path, capsys):
+    saved = {}
+    for threads in ("1", "3"):  # 24 images in batches of 256: parts of 8 images, each mirrored too
+        out = tmp_path / f"features-{threads}.npz"
+        assert cli.main(["embed", str(trained["run"]), "--images", str(trained["lfw"]), "--out", str(out),
+                         "--threads", threads]) == 0
+        with np.load(out, allow_pickle=False) as archive:
+            saved[threads] = archive["features"]
+    np.testing.assert_allclose(saved["3"], saved["1"], rtol=1e-5, atol=1e-6)
+    assert cli.main(["embed", str(trained["run"]), "--images", str(trained["lfw"]), "--threads", "0"]) == 1
+    assert "threads must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def mismatched_tree(base):
     root = base / "other"
     if not root.exists():
@@ -131,7 +144,7 @@ def mismatched_tree(base):
      "chosen on features with mirror fusion; drop --no-mirror"),
     (["verify", "{run}", "{lfw}/Aa_A/Aa_A_0001.jpg", "{other}/Aa_A/Aa_A_0001.jpg"], "pass --image-size 16,16"),
     (["train", "--resume", "{run}", "--iters", "3", "--lr", "1", "--no-eval"],
-     "so --iters, --lr cannot apply; on resume only --backend, --stop-at, --no-eval, --distributed and "
+     "so --iters, --lr cannot apply; on resume only --backend, --threads, --stop-at, --no-eval, --distributed and "
      "--sharded-head do"),
     (["train", "--resume", "{run}", "--m", "0.2", "--no-feature-normalization", "--margins", "1,0,0"],
      "so --m, --margins, --no-feature-normalization cannot apply"),

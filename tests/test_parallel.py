@@ -17,12 +17,13 @@ from amnp import checkpoint, models
 from amnp.config import build_head
 from amnp.distributed import SingleProcess, run_simulated
 from amnp.heads import TrainingModel
-from amnp.parallel import ThreadReplicas, one_blas_thread
+from amnp.inference import embed
+from amnp.parallel import BatchThreads, ThreadReplicas, one_blas_thread
 from amnp.training import Trainer
 
 from .checkout import checkout_env
 from .distributed_cases import relative_error
-from .host_guard import guard_parameters
+from .host_guard import guard, guard_parameters
 from .test_training import config, tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +116,20 @@ def test_the_replicas_use_the_weights_loaded_into_the_model_after_they_were_made
         assert relative_error(gradients[name], value) < 1e-12, name
 
 
+@pytest.mark.parametrize("threads, batch_size", [(2, 256), (3, 5), (4, 2)])  # (4, 2): parts of one row
+def test_embedding_on_threads_gives_the_one_thread_embeddings(threads, batch_size):
+    net = small_model(np.float32).net
+    images = np.random.default_rng(0).integers(0, 256, (11, 1, 16, 16)).astype(np.uint8)
+    expected = embed(net, images, mirror=True, batch_size=batch_size)
+    found = embed(net, images, mirror=True, batch_size=batch_size, threads=threads)
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_splitting_arrays_that_are_not_numpy_is_refused():
+    with pytest.raises(ValueError, match="on cupy the GPU runs the whole batch: use one thread"):
+        BatchThreads(2).map(lambda r, x: x, guard(np.zeros((4, 3))))
+
+
 def blas_threads():
     return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
 
@@ -173,11 +188,13 @@ def test_a_thread_count_that_is_not_a_positive_integer_is_refused(threads):
         ThreadReplicas(small_model(), threads)
 
 
-def test_a_batch_smaller_than_the_threads_is_refused_naming_both(tmp_path):
-    with pytest.raises(ValueError, match="a batch of 2 cannot be split over 3 threads"):
-        ThreadReplicas(small_model(), 3).run(lambda *args: None, *batch(2))
-    with pytest.raises(ValueError, match="batch-size 4 gives each of the 1 ranks 4 images, fewer than its 5 threads"):
-        Trainer(config(batch_size=4), tiny_dataset(), str(tmp_path), progress=False, threads=5)
+def test_a_batch_smaller_than_the_threads_runs_one_row_per_thread():
+    x, y = batch(2)
+    loss, gradients = split_step(ThreadReplicas(small_model(), 3), x, y)
+    expected_loss, expected = split_step(ThreadReplicas(small_model(), 1), x, y)
+    assert relative_error(loss, expected_loss) < 1e-12
+    for name, value in expected.items():
+        assert relative_error(gradients[name], value) < 1e-12, name
 
 
 def test_threads_with_a_sharded_head_are_refused(tmp_path):
