@@ -112,9 +112,8 @@ def amnp_batch(model, batch_size, classes):
 
 def amnp_training(model, batch_size, classes, threads=1):
     """(step, embed) closures for amnp on the current backend, on a fixed random batch: the
-    trainer's step, its batch split over ``threads`` threads as ``amnp train --threads``
-    splits it (amnp.parallel), and the embedding pass in inference mode, as amnp.inference
-    runs it."""
+    trainer's step and the embedding pass in inference mode, as amnp.inference runs it, each
+    with the batch split over ``threads`` threads as ``--threads`` splits it (amnp.parallel)."""
     from amnp.heads import TrainingModel
     from amnp.layers import inference_mode
     from amnp.parallel import ThreadReplicas
@@ -133,9 +132,12 @@ def amnp_training(model, batch_size, classes, threads=1):
         replicas.run(part, x, y)
         optimizer.step(LEARNING_RATE)
 
+    def forward(_, x_part):
+        with inference_mode():  # per thread
+            return net.forward(x_part)
+
     def embed():
-        with inference_mode():
-            net.forward(x)
+        replicas.split.map(forward, x)
 
     return step, embed
 
