@@ -19,6 +19,12 @@ sums run in another order).  The optimizer then updates the model once.
 A replica is a deep copy of the model: its layers hold their own caches and gradients.  Its
 parameters are the model's own arrays, pointed to again before every step, because loading
 a checkpoint or a state dict puts new arrays in the model's ``params``.
+
+The embedding pass (amnp.inference.embed) splits its batches with the same ``BatchThreads``,
+without replicas: in inference mode no layer keeps anything, so the threads share one network.
+
+Threads of one process scale worse than processes, likely because the page faults of their
+fresh arrays share the process's memory map (docs/performance.md has the measurements).
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ classes (``sharded_head``), which may sample its classes (``config.sample_rate``
 FC's approximation; the draws are a function of (seed, rank, step)).  Rank 0 alone writes
 the run directory; the checkpoint holds the sharded head gathered, so its layout does not
 depend on the number of ranks.
+
+Within a process, a rank's batch may be split again over threads (``threads``, amnp.parallel):
+the same sum of shares, one level down, before the all-reduce.
 """
 from __future__ import annotations
 
