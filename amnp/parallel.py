@@ -6,8 +6,8 @@ Why: NumPy runs each elementwise pass, copy, padding and window gather on one th
 its matrix products use the BLAS library's threads.  On the 2-core development machine a
 `small` step at batch 128 took 79 ms with one BLAS thread and 69 ms with two: most of the
 step leaves the second core idle.  Two halves of the batch on two threads, each with one
-BLAS thread, keep both cores busy for the whole step (NumPy lets go of Python's global lock
-inside its passes and products, so the threads run at once).
+BLAS thread, put it to work between the products too, as far as Python's global lock allows:
+NumPy lets go of it inside each pass and product, and takes it back after (see the end).
 
 The maths is that of the distributed trainer (amnp.training): the loss is the mean over the
 whole batch of N images, so part r, of n_r images, contributes its share n_r / N of the
@@ -23,8 +23,9 @@ a checkpoint or a state dict puts new arrays in the model's ``params``.
 The embedding pass (amnp.inference.embed) splits its batches with the same ``BatchThreads``,
 without replicas: in inference mode no layer keeps anything, so the threads share one network.
 
-Threads of one process scale worse than processes, likely because the page faults of their
-fresh arrays share the process's memory map (docs/performance.md has the measurements).
+Threads of one process scale worse than processes would: on arrays of a few hundred kilobytes
+two threads spend much of their time handing the global lock over, so the gain varies with the
+network and the machine (docs/performance.md has the measurements).
 """
 from __future__ import annotations
 

@@ -32,8 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained(tmp_path, name, threads, comm=None, steps=6, **overrides):
     """(parameters, logged losses) of a float64 run of ``steps`` steps on ``threads`` threads."""
     out = str(tmp_path / name)
-    trainer = Trainer(config(iters=steps, batch_size=12, log_every=1, **overrides), tiny_dataset(num_classes=7, mirror=True),
-                      out, progress=False, comm=comm, dtype=np.float64, threads=threads)
+    trainer = Trainer(config(iters=steps, batch_size=12, log_every=1, **overrides),
+                      tiny_dataset(num_classes=7, mirror=True), out, progress=False, comm=comm, dtype=np.float64,
+                      threads=threads)
     trainer.start()
     assert trainer.train() == "finished"
     losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))] if trainer.writer else None
