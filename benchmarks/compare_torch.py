@@ -10,9 +10,11 @@ builds the network, warms up, and times ``--steps`` training steps (network forw
 backward, AM-Softmax head, SGD with momentum and weight decay) and ``--steps`` embedding
 passes (network forward only, as evaluation runs it).  The medians over the rounds are
 printed with their ratio.  Alternating processes spreads the noise of a shared machine
-over both sides; the spread (min-max) is printed too, so judge the ratio with it.  The
-CPU time per step (all threads) is printed as well: with ``--threads 1`` on a machine
-shared with other work it is steadier than the wall time.
+over both sides; the spread (min-max) is printed too, so judge the ratio with it.  With
+``--threads`` above 1 a third side, "amnp, split batch", runs amnp's step and embedding pass
+with the batch split over the threads, each with one BLAS thread, as ``amnp train --threads``
+does (amnp.parallel).  The CPU time per step (all threads) is printed as well: with
+``--threads 1`` on a machine shared with other work it is steadier than the wall time.
 
 The PyTorch network is built from amnp's own layer list with amnp's initial weights,
 and the AM-Softmax head and the SGD update are written inline with the same formulas.
