@@ -22,7 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script, arguments", [
     ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
-                          "--steps", "1"]),
+                          "--steps", "1", "--threads", "2"]),
     ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
                           "--steps", "1", "--breakdown"]),
     ("compare_torch.py", ["--model", "small", "--batch-size", "4", "--classes", "10", "--rounds", "1",
@@ -40,6 +40,7 @@ def test_benchmark_runs_at_toy_size(script, arguments):
         assert ("PyTorch, no_grad" in done.stdout) == with_torch
     else:
         assert "step" in done.stdout
+    assert ("amnp, split batch" in done.stdout) == ("--threads" in arguments)  # the batch over the 2 threads
     if "--breakdown" in arguments:
         assert "conv 64->64 3x3/1 on 4x4" in done.stdout and "SGD update" in done.stdout
         with_torch = "--amnp-only" not in arguments and importlib.util.find_spec("torch") is not None
