@@ -114,11 +114,14 @@ class ThreadReplicas:
     """
 
     def __init__(self, model: Layer, threads: int):
-        self.split = BatchThreads(threads)
-        self.threads, self.model = self.split.threads, model
+        self.split, self.model = BatchThreads(threads), model
         self.split.check_arrays(*self._parameters(model))
         shared = {id(p): p for p in self._parameters(model)}  # deepcopy's memo: these stay the same arrays
         self.replicas = [model] + [copy.deepcopy(model, dict(shared)) for _ in range(self.threads - 1)]
+
+    @property
+    def threads(self) -> int:
+        return self.split.threads
 
     @staticmethod
     def _parameters(model: Layer) -> list:

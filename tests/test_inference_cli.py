@@ -118,6 +118,23 @@ def test_embed_on_threads_gives_the_features_of_one_thread(trained, tmp_path, ca
     assert "threads must be a positive integer, got 0" in capsys.readouterr().err
 
 
+def test_eval_on_threads_gives_the_metrics_of_one_thread(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    scores = {}
+    for threads in ("1", "2"):
+        out = tmp_path / f"lfw-{threads}.json"
+        assert cli.main(["eval", str(run), "--pairs", str(trained["pairs"]), "--images", str(trained["lfw"]),
+                         "--out", str(out), "--threads", threads]) == 0
+        scores[threads] = json.loads(out.read_text())
+    # the threshold is a pair score: the same up to float32 rounding, not to the digit
+    assert scores["2"]["threshold"] == pytest.approx(scores["1"]["threshold"], rel=1e-4, abs=1e-5)
+    # the run's own held-out evaluation takes the option too (and only it, of the image options)
+    assert cli.main(["eval", str(run), "--threads", "2"]) == 0
+    assert json.loads((run / "eval.json").read_text())["threshold"] == pytest.approx(
+        json.loads((trained["run"] / "eval.json").read_text())["threshold"], rel=1e-4, abs=1e-5)
+
+
 def mismatched_tree(base):
     root = base / "other"
     if not root.exists():
