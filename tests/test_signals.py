@@ -33,10 +33,25 @@ def with_default_stop_signals():
         signal.signal(signum, signal.SIG_DFL)
 
 
-def amnp_process(arguments, cwd):
-    return subprocess.Popen([sys.executable, "-m", "amnp", *arguments], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=with_default_stop_signals,
-                            env=checkout_env(PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1"))
+@pytest.fixture
+def amnp_process():
+    """start(arguments, cwd): `amnp ARGUMENTS` as a child process.  One still running when the
+    test ends (an assertion failed before its signal) is killed, so that none trains on for
+    STEPS steps behind the suite."""
+    started = []
+
+    def start(arguments, cwd):
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "amnp", *arguments], cwd=cwd, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, preexec_fn=with_default_stop_signals,
+            env=checkout_env(PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1")))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def logged_steps(run_dir):
@@ -61,7 +76,8 @@ def amnp_run(arguments):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "SIGHUP", "SIGINT"])
-def test_a_stop_signal_saves_the_last_step_and_the_run_resumes_bit_identical(tmp_path, signum, code):
+def test_a_stop_signal_saves_the_last_step_and_the_run_resumes_bit_identical(tmp_path, signum, code,
+                                                                             amnp_process):
     out = tmp_path / "run"
     process = amnp_process([*TRAIN, "--out", str(out)], tmp_path)
     wait_until(lambda: logged_steps(out), process, "logged step")
@@ -88,7 +104,7 @@ def test_a_stop_signal_saves_the_last_step_and_the_run_resumes_bit_identical(tmp
             np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
 
 
-def test_sigterm_outside_the_training_loop_ends_the_command_with_one_line(tmp_path):
+def test_sigterm_outside_the_training_loop_ends_the_command_with_one_line(tmp_path, amnp_process):
     """Training finished; the held-out evaluation (seconds on the glyphs) is under way."""
     process = amnp_process(["train", "--iters", "2", "--batch-size", "4", "--out", str(tmp_path / "run")], tmp_path)
     lines = []
