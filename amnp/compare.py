@@ -328,13 +328,14 @@ def check_layout(entries, out_dir: str) -> None:
 def compare(entries, base: TrainConfig, load_dataset, out_dir: str, seeds=None, reference: str | None = None,
             progress=None, sphere_steps: int | None = None) -> str:
     """Train and evaluate every entry at every seed (``load_dataset(seed)`` gives the seed's
-    data; default seeds: ``[base.seed]``), then write the tables and figures; returns the
-    tables.  A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises Interrupted after saving the run
+    data; default seeds: ``[base.seed]``; given seeds replace it, and comparison.json records
+    the first), then write the tables and figures; returns the tables.  A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises Interrupted after saving the run
     in progress: run again with the same out_dir to continue, and with more seeds to add
     them (finished runs are reused)."""
     seeds = [base.seed] if seeds is None else list(seeds)
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    base = dataclasses.replace(base, seed=seeds[0])
     reference_entry = find_reference(entries, reference)
     check_layout(entries, out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -95,6 +95,15 @@ def test_compare_from_python_resumes_with_the_default_backend(tmp_path, monkeypa
     assert compare.compare(entries, base, lambda seed: tiny_dataset(seed=seed), str(tmp_path / "c")) == first
 
 
+def test_compare_from_python_records_the_seeds_it_ran_not_the_base_configs(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "SPHERE_STEPS", 2)
+    base = TrainConfig(iters=2, epochs=None, batch_size=8, seed=0)
+    compare.compare([parse_entry("softmax")], base, lambda seed: tiny_dataset(seed=seed), str(tmp_path / "c"),
+                    seeds=[3])
+    result = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert result["seeds"] == [3] and result["config"]["seed"] == 3
+
+
 def test_compare_refuses_a_directory_of_other_settings(tmp_path, tiny, capsys):
     out = tmp_path / "cmp"
     assert cli.main(["compare", "--out", str(out), "--iters", "2", "--batch-size", "8", "--seeds", "0",
