@@ -869,7 +869,6 @@ class ScoreSet:
         # One in-place sort of score-and-pair keys: no index array as large as the pairs.
         keys.sort()
         ascending, codes = _unpack(keys, num_identities)
-        del keys
         if not np.all(np.isfinite(ascending[[0, -1]])):
             raise ValueError("scores contain NaN or inf")
         n = ascending.size

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from amnp import cli
+from amnp import cli, statistics
+from amnp.data import make_gallery_probes, make_open_set_protocol
 from amnp.evaluation import (ScoreSet, all_pairs_scores, all_pairs_verification, dir_at_far, equal_error_rate,
-                             pair_code, pair_scores, tar_at_far, weighted_rate_above_tail)
-from amnp.statistics import (identity_resamples, mean_interval, paired_difference, percentile_interval,
-                             student_t_quantile)
+                             evaluate_verification, pair_code, pair_scores, tar_at_far, weighted_rate_above_tail)
+from amnp.statistics import (held_out_intervals, identity_resamples, mean_interval, paired_difference,
+                             percentile_interval, student_t_quantile)
 
 from .test_inference_cli import trained, write_tree  # noqa: F401 (a fixture)
 
@@ -58,11 +59,11 @@ def test_all_pairs_are_every_pair_once_whatever_the_block(block_elements):
     brute = pair_scores(emb, np.stack([i, j], 1))
     np.testing.assert_allclose(np.sort(found.genuine), np.sort(brute[same]), atol=1e-6)
     identity = np.unique(labels, return_inverse=True)[1]
-    expected = sorted(zip(pair_code(identity[i][~same], identity[j][~same], 5).tolist(),
-                          np.sort(brute[~same]).tolist()))
+    # each impostor score with its own identity pair: sorted by (pair, score) on both sides
+    expected = sorted(zip(pair_code(identity[i][~same], identity[j][~same], 5).tolist(), brute[~same].tolist()))
     got = sorted(zip(found.impostor_pair.tolist(), found.impostor.tolist()))
-    assert [code for code, _ in got] == sorted(code for code, _ in expected)
-    np.testing.assert_allclose(np.sort(found.impostor), np.sort(brute[~same]), atol=1e-6)
+    assert [code for code, _ in got] == [code for code, _ in expected]
+    np.testing.assert_allclose([score for _, score in got], [score for _, score in expected], atol=1e-6)
     assert (found.num_genuine, found.num_impostor) == (int(same.sum()), int((~same).sum()))
 
 
@@ -203,3 +204,52 @@ def test_weighted_dir_equals_dir_at_far_on_the_probes_written_out(trial):
     found = weighted_rate_above_tail(positive[p_order], copies[genuine][p_order].astype(float),
                                      score[~genuine][n_order], copies[~genuine][n_order], fars)
     assert found == pytest.approx(expected, abs=1e-12)
+
+
+def test_held_out_intervals_under_the_identity_resample_are_the_point_metrics(monkeypatch):
+    """Each identity drawn exactly once weighs every pair and probe 1: every replicate, of
+    every metric, must then be the metric evaluate_verification computes on the images."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 5)
+    emb = rng.normal(size=(12, 8))[labels] + rng.normal(scale=0.8, size=(60, 8))
+    same = [tuple(rng.choice(np.flatnonzero(labels == c), 2, replace=False)) for c in rng.integers(0, 12, 60)]
+    different = [(rng.choice(np.flatnonzero(labels == a)), rng.choice(np.flatnonzero(labels == b)))
+                 for a, b in (rng.choice(12, 2, replace=False) for _ in range(60))]
+    pairs, pair_same = np.array(same + different), np.repeat([True, False], 60)
+    pair_fold = rng.permutation(np.minimum(np.arange(120) // 10, 9))  # uneven: fold 9 holds 30 pairs
+    gallery, probes = make_gallery_probes(labels, np.random.default_rng(1))
+    open_gallery, genuine, impostors = make_open_set_protocol(labels, np.random.default_rng(2))
+    open_set = (open_gallery, np.concatenate([genuine, impostors]))
+    metrics, _ = evaluate_verification(emb, labels, pairs, pair_same, pair_fold, gallery, probes, fars=(0.1, 0.05),
+                                       open_set=open_set, dir_fars=(0.5, 0.2))
+    monkeypatch.setattr(statistics, "identity_resamples", lambda n, resamples, rng: np.ones((2, n), dtype=np.int64))
+    intervals = held_out_intervals(emb, labels, pairs, pair_same, pair_fold, metrics["fold_thresholds"], gallery,
+                                   probes, open_set=open_set, fars=(0.1, 0.05), dir_fars=(0.5, 0.2))
+    assert intervals["verification_accuracy"] == pytest.approx([metrics["verification_accuracy"]] * 2, abs=1e-12)
+    assert intervals["eer"] == pytest.approx([metrics["eer"]] * 2, abs=1e-12)
+    assert intervals["identification_top1"] == pytest.approx([metrics["identification_top1"]] * 2, abs=1e-12)
+    for key, tar in metrics["tar_at_far"].items():
+        assert intervals["tar_at_far"][key] == pytest.approx([tar] * 2, abs=1e-12), key
+    for key, rate in metrics["dir_at_far"].items():
+        assert intervals["dir_at_far"][key] == pytest.approx([rate] * 2, abs=1e-12), key
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: identity_resamples(0, 10, np.random.default_rng(0)), "need at least one identity and one resample"),
+    (lambda: identity_resamples(5, 0, np.random.default_rng(0)), "need at least one identity and one resample"),
+    (lambda: student_t_quantile(0.95, 0), "degrees of freedom must be a positive integer, got 0"),
+    (lambda: student_t_quantile(0.95, 2.5), "degrees of freedom must be a positive integer, got 2.5"),
+    (lambda: student_t_quantile(1.0, 4), r"confidence must lie in \(0, 1\), got 1.0"),
+    (lambda: mean_interval([]), r"need a 1-D array of at least one value, got shape \(0,\)"),
+    (lambda: mean_interval([[1.0, 2.0]]), r"need a 1-D array of at least one value, got shape \(1, 2\)"),
+    (lambda: pair_code([0], [1], (1 << 16) + 1), "all-pairs statistics handle at most 65536 identities, got 65537"),
+    (lambda: ScoreSet([], [], [0.1], [0], [1], 2), "need at least one same-identity pair, got none"),
+    (lambda: ScoreSet([0.9], [0], [], [], [], 2), "need at least one different-identity pair, got none"),
+    (lambda: ScoreSet([np.nan], [0], [0.1], [0], [1], 2), "scores contain NaN or inf"),
+    (lambda: ScoreSet([0.9], [0], [np.inf], [0], [1], 2), "scores contain NaN or inf"),
+    (lambda: all_pairs_scores(np.ones((3, 2)), [0, 1]),
+     r"labels must be a 1-D array with one entry per embedding \(3\), got shape \(2,\)"),
+])
+def test_bad_statistics_inputs_are_refused_with_their_message(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
