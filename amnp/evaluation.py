@@ -82,15 +82,19 @@ def _check_embeddings(emb: np.ndarray, name: str = "emb") -> np.ndarray:
     return emb
 
 
+def _check_labels(emb: np.ndarray, labels) -> np.ndarray:
+    """``labels`` as an array of one entry per row of ``emb``, or ValueError."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
+        raise ValueError(f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
+                         f"got shape {labels.shape}")
+    return labels
+
+
 def _check_gallery_probes(emb: np.ndarray, labels, gallery, probes):
     """``labels`` (one per row of ``emb``) and the ``gallery`` and ``probe`` row indices
     (a non-empty gallery, disjoint from the probes) as arrays, or ValueError."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(
-            f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
-            f"got shape {labels.shape}"
-        )
+    labels = _check_labels(emb, labels)
     gallery = row_indices(np.ravel(gallery), emb.shape[0], "gallery", "the embeddings")
     probes = row_indices(np.ravel(probes), emb.shape[0], "probes", "the embeddings")
     if gallery.size == 0:
@@ -789,12 +793,17 @@ def evaluate_verification(
 # --------------------------------------------------------------------------
 
 
+def _code_type(num_identities: int) -> np.dtype:
+    """The smallest unsigned type that holds every pair code, ``num_identities ** 2 - 1``."""
+    return np.min_scalar_type(max(num_identities ** 2 - 1, 0))
+
+
 def pair_code(first, second, num_identities: int) -> np.ndarray:
     """One number for an unordered pair of identities: ``min * num_identities + max``,
     in the smallest unsigned type that holds ``num_identities ** 2``."""
     if num_identities > 1 << 16:
         raise ValueError(f"all-pairs statistics handle at most {1 << 16} identities, got {num_identities}")
-    code_type = np.min_scalar_type(max(num_identities ** 2 - 1, 0))
+    code_type = _code_type(num_identities)
     first, second = np.asarray(first).astype(code_type), np.asarray(second).astype(code_type)
     return np.minimum(first, second) * code_type.type(num_identities) + np.maximum(first, second)
 
@@ -814,7 +823,7 @@ def _unpack(keys: np.ndarray, num_identities: int, chunk: int = 1 << 20) -> tupl
     """The float32 scores and pair codes of :func:`_pack`'s keys (a chunk at a time, so
     that no temporary is as large as the keys)."""
     scores = np.empty(keys.size, dtype=np.float32)
-    codes = np.empty(keys.size, dtype=np.min_scalar_type(max(num_identities ** 2 - 1, 0)))
+    codes = np.empty(keys.size, dtype=_code_type(num_identities))
     for start in range(0, keys.size, chunk):
         part = keys[start:start + chunk]
         codes[start:start + chunk] = part & np.uint64(0xFFFFFFFF)
@@ -1012,10 +1021,7 @@ def all_pairs_scores(emb: np.ndarray, labels: np.ndarray, block_elements: int = 
         N(N-1)/2 scores; identities numbered in ``np.unique(labels)`` order.
     """
     emb = normalize_embeddings(emb)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(f"labels must be a 1-D array with one entry per embedding ({emb.shape[0]}), "
-                         f"got shape {labels.shape}")
+    labels = _check_labels(emb, labels)
     identities, identity, counts = np.unique(labels, return_inverse=True, return_counts=True)
     n = emb.shape[0]
     num_genuine = int(np.sum(counts * (counts - 1) // 2))
