@@ -6,7 +6,6 @@ comparing its part with the single-process result to 1e-10 (the head) and 1e-12 
 gradients) in float64, with uneven local batches and uneven class shards.
 """
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from amnp.heads import TrainingModel
 from amnp.optim import SGD
 from amnp.validation import value_checks
 
+from .checkout import checkout_env
 from . import distributed_cases as cases
 from .host_guard import GuardedArray, guard, guard_parameters, transfers
 
@@ -133,7 +133,7 @@ def test_importing_amnp_and_its_distributed_package_imports_neither_mpi4py_nor_c
     code = ("import sys, amnp, amnp.distributed, amnp.distributed.mpi, amnp.distributed.nccl; "
             "print(sorted(m for m in ('mpi4py', 'cupy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            cwd=ROOT, env=checkout_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -327,7 +327,7 @@ def mpiexec(ranks: int, *arguments: str) -> subprocess.CompletedProcess:
     reason = mpi_missing()
     if reason:
         pytest.skip(f"MPI test skipped: {reason}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env = checkout_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "mpi4py", *arguments],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -374,7 +374,7 @@ def test_an_mpi_job_moves_numpy_arrays_through_mpi_and_cupy_arrays_through_nccl(
             "except RuntimeError as exc:\n"
             "    print(exc)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            env=checkout_env())
     assert result.returncode == 0, result.stderr
     from amnp.backend import cupy_available
 

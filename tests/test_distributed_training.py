@@ -24,6 +24,7 @@ from amnp.config import TrainConfig
 from amnp.distributed import class_range, run_simulated
 from amnp.training import Trainer
 
+from .checkout import checkout_env
 from .test_distributed import ROOT, mpi_missing, mpiexec
 from .test_signals import logged_steps
 from .test_training import config, tiny_dataset
@@ -36,7 +37,7 @@ def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False, mpi4py_
     reason = mpi_missing()
     if reason:
         pytest.skip(f"MPI test skipped: {reason}")
-    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
+    environment = checkout_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
     runner = ["-m", "mpi4py"] if mpi4py_runner else []
     return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, *runner, *TRAIN, "--distributed",
                            *([] if "--resume" in arguments else GLOBAL_BATCH), *arguments,
@@ -44,7 +45,7 @@ def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False, mpi4py_
 
 
 def one_process(*arguments):
-    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    environment = checkout_env(OPENBLAS_NUM_THREADS="1")
     return subprocess.run([sys.executable, *TRAIN, *GLOBAL_BATCH, "--no-eval", *arguments], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=120)
 
@@ -142,7 +143,7 @@ def test_sigterm_on_any_rank_saves_once_and_stops_every_rank(tmp_path, target):
         pytest.skip(f"MPI test skipped: {reason}")
     run_dir, pids = tmp_path / "run", tmp_path / "pids"
     pids.mkdir()
-    environment = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", AMNP_TEST_PIDS=str(pids))
+    environment = checkout_env(OPENBLAS_NUM_THREADS="1", AMNP_TEST_PIDS=str(pids))
     job = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *TRAIN, "--distributed",
                             "--no-eval", *GLOBAL_BATCH, "--iters", "100000", "--out", str(run_dir)], cwd=ROOT, env=environment,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -245,7 +246,7 @@ def test_the_command_refuses_a_sample_rate_outside_0_1_in_one_line(tmp_path):
     if reason:
         pytest.skip(f"MPI test skipped: {reason}")
     result = subprocess.run([sys.executable, *TRAIN, "--distributed", "--sharded-head", "--sample-rate", "1.5",
-                             "--out", str(tmp_path / "run")], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             "--out", str(tmp_path / "run")], cwd=ROOT, env=checkout_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr == "amnp: error: sample-rate must lie in (0, 1] (1: every class, no sampling), got 1.5\n"
@@ -280,7 +281,7 @@ def test_the_command_on_cupy_without_cupy_or_a_gpu_says_so_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def nccl_missing(cupy) -> str:
+def nccl_missing() -> str:
     try:
         from cupy.cuda import nccl
     except ImportError as exc:
@@ -293,7 +294,7 @@ def test_the_command_trains_on_gpus_through_nccl(cupy_module, tmp_path):
     """One rank per GPU through the NCCL communicator: the 1-rank job, and where the machine
     has 2 GPUs the 2-rank job with the head sharded, which must train as the 1-rank one does
     (float32 on GPUs: the sums' order differs, not more)."""
-    reason = nccl_missing(cupy_module)
+    reason = nccl_missing()
     if reason:
         pytest.skip(f"GPU test skipped: {reason}")
     one = amnp_ranks(1, "--backend", "cupy", "--iters", "4", "--out", str(tmp_path / "one"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .checkout import checkout_env
 from .host_guard import guard, guard_parameters, transfers
 from .test_distributed import mpi_missing
 
@@ -37,9 +38,7 @@ FIGURES = {
 
 
 def environment(out_dir):
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, MPLBACKEND="Agg", AMNP_TUTORIAL_QUICK="1", AMNP_TUTORIAL_OUT=str(out_dir),
-                PYTHONPATH=path)
+    return checkout_env(MPLBACKEND="Agg", AMNP_TUTORIAL_QUICK="1", AMNP_TUTORIAL_OUT=str(out_dir))
 
 
 def run_script(script: Path, out_dir: Path):
