@@ -245,12 +245,6 @@ class ShardedMarginHead(MarginSchedule, Layer):
         return f"{self.name}, {self.classifier.extra_repr()}, rank {self.comm.rank} of {self.comm.size}"
 
 
-def _check_margin_head(head) -> None:
-    if not isinstance(head, MarginHead):
-        raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
-                        f"got {type(head).__name__}")
-
-
 def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: Communicator, *,
                        dtype=np.float32, rng=None, sample_rate=1.0, sample_rng=None,
                        **options) -> ShardedMarginHead:
@@ -266,11 +260,13 @@ def build_sharded_head(loss: str, embedding_size: int, num_classes: int, comm: C
     # the margin, the scale and the name come from the loss's head at one class (none of them
     # depends on the classes); its one-row weight, from a generator of its own, is dropped
     head = build_head(loss, embedding_size, 1, dtype=dtype, rng=0, **options)
-    _check_margin_head(head)
+    if not isinstance(head, MarginHead):
+        raise TypeError(f"sharded head: only the margin family (a MarginHead) can be sharded, "
+                        f"got {type(head).__name__}")
     start, stop = class_range(num_classes, comm.size, comm.rank)
     # the draw of the head's own classifier (amnp.layers.CosineLinear), restricted to the rows
     weight = param_init.weight((num_classes, embedding_size), embedding_size, head.classifier.weight_init,
-                               param_init.check_dtype(dtype, "sharded head"), param_init.make_rng(rng),
+                               head.classifier.params["weight"].dtype, param_init.make_rng(rng),
                                "sharded head", rows=(start, stop))
     shard = ClassShard(weight, start, stop, num_classes, head.classifier.eps)
     scale = head.params["scale"] if "scale" in head.params else None
