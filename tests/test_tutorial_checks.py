@@ -700,6 +700,8 @@ def test_data_parallel_gradient(capsys, monkeypatch):
     rejects(check, lambda *a: data_parallel(*a, "local count"), "divide by the global N, not the local")
     rejects(check, lambda comm, w, x, y: data_parallel(comm, w, x, y)[:2], "shape")
     rejects(check, lambda comm, *a: all_reduce_by_amnp(comm, *a), "calls amnp.distributed.gradients.all_reduce_grad")
+    rejects(check, lambda *a: 1.5 * data_parallel(*a),
+            r"with \(5, 3\) rows: relative error .* against the one-process gradient")
     # a rank that skips a collective ends the check instead of hanging it
     monkeypatch.setattr(checks.tutorial11, "COLLECTIVE_TIMEOUT_S", 0.5)
     rejects(check, lambda comm, *a: data_parallel(comm, *a, "no reduction" if comm.rank else None), "never joined")
@@ -756,6 +758,9 @@ def test_global_logsumexp(capsys):
         return top + np.log(comm.all_reduce(np.exp(z - top[:, None]).sum(axis=1)))
 
     rejects(check, local_maximum, "the same maximum")
+    rejects(check, lambda comm, z: logsumexp(comm, z) + comm.rank, "every rank must end with the same M")
+    rejects(check, lambda comm, z: 1.01 * logsumexp(comm, z),
+            "relative error .* against the log-sum-exp of the full rows")
 
 
 def embedding(comm, dlogits, weight, sizes, how="reduce_scatter", average=False):
@@ -787,6 +792,9 @@ def test_embedding_gradient(capsys):
                       ("none", "sum them over the ranks")):
         rejects(checks.check_embedding_gradient, lambda *a: embedding(*a, how=how), hint)
     rejects(checks.check_embedding_gradient, lambda *a: embedding(*a, average=True), "do not average")
+    rejects(checks.check_embedding_gradient, lambda *a: embedding(*a)[:, :2],
+            r"rank 0's gradient has shape \(4, 2\), expected \(4, 3\)")
+    rejects(checks.check_embedding_gradient, lambda *a: 1.5 * embedding(*a), "rank 0: relative error")
 
 
 def test_answers_that_call_the_sharded_head_are_refused():
