@@ -120,8 +120,12 @@ def percentile_interval(replicates, confidence: float = CONFIDENCE) -> list[floa
 
 
 def _pair_weights(weights: np.ndarray, first: np.ndarray, second: np.ndarray, same: np.ndarray) -> np.ndarray:
-    """(B, P) weight of each pair: ``w[c]`` for a same-identity pair, ``w[c1] * w[c2]`` otherwise."""
-    return np.where(same, weights[:, first], weights[:, first] * weights[:, second])
+    """(B, P) float64 weight of each pair: ``w[c]`` for a same-identity pair, ``w[c1] * w[c2]``
+    otherwise; built in place, so that no other (B, P) array is held beside it."""
+    weights = weights.astype(np.float64)  # (B, identities): cast before the (B, P) gathers
+    pair_w = weights[:, first]
+    pair_w[:, ~same] *= weights[:, second[~same]]
+    return pair_w
 
 
 def held_out_intervals(emb, labels, pairs, pair_same, pair_fold, fold_thresholds, gallery, probes,
@@ -147,12 +151,13 @@ def held_out_intervals(emb, labels, pairs, pair_same, pair_fold, fold_thresholds
 
     fold_ids, fold_index = np.unique(folds, return_inverse=True)
     correct = (scores >= np.asarray(fold_thresholds)[fold_index]) == same
-    pair_w = _pair_weights(weights, first, second, same).astype(np.float64)
+    pair_w = _pair_weights(weights, first, second, same)
     in_fold = np.eye(fold_ids.size)[fold_index]  # (P, K)
     with np.errstate(invalid="ignore", divide="ignore"):
-        fold_accuracy = (pair_w * correct) @ in_fold / (pair_w @ in_fold)
-    accuracy = np.array([np.mean(row[~np.isnan(row)]) if np.any(~np.isnan(row)) else np.nan
-                         for row in fold_accuracy])
+        # a fold that a resample left without pairs has no accuracy (NaN): the mean is over the others
+        fold_accuracy = pair_w @ (in_fold * correct[:, None]) / (pair_w @ in_fold)
+        defined = ~np.isnan(fold_accuracy)
+        accuracy = np.where(defined, fold_accuracy, 0.0).sum(axis=1) / defined.sum(axis=1)
 
     score_set = ScoreSet(scores[same], first[same], scores[~same], first[~same], second[~same],
                          num_identities)
