@@ -480,7 +480,9 @@ def train_held(args, trainer: Trainer, dataset) -> int:
     options = ", ".join(f"{name}={value}" for name, value in config.loss_options.items())
     sampling = f", sampling {config.sample_rate:g} of its classes" if config.sample_rate < 1 else ""
     threads = f", {trainer.replicas.threads} threads" if trainer.replicas.threads > 1 else ""
-    ranks = (f" on {comm.size} ranks{' with the head sharded' + sampling if args.sharded_head else ''}"
+    cores = (f", {trainer.blas_threads} BLAS thread{'s' if trainer.blas_threads > 1 else ''} each"
+             if trainer.blas_threads else "")
+    ranks = (f" on {comm.size} ranks{' with the head sharded' + sampling if args.sharded_head else ''}{cores}"
              if args.distributed else "")
     say(f"training {config.model} with {config.loss} ({options or 'no options'}) on {dataset.name}: "
         f"{len(dataset.train_labels)} images of {dataset.num_classes} identities, "

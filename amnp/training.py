@@ -52,7 +52,7 @@ from .heads import TrainingModel
 from .init import stream_seed
 from .inference import preprocess
 from .optim import SGD, scaled_paper_schedule
-from .parallel import ThreadReplicas
+from .parallel import ThreadReplicas, blas_threads, blas_threads_per_process
 from .rundir import read_metrics, write_metrics
 from .validation import NonFiniteError, class_labels, finite, value_checks
 
@@ -117,7 +117,9 @@ class Trainer:
     at ``config.sample_rate`` (a rate < 1 needs a sharded head).  ``dtype``: of the
     parameters and the images (float32; float64 for exactness tests).  ``threads``: split
     each rank's batch over this many threads of the process (amnp.parallel; NumPy only, and
-    not with a sharded head, whose collectives run once per rank).
+    not with a sharded head, whose collectives run once per rank).  Where several of the ranks'
+    processes share a machine, the loop runs with its cores divided among them
+    (``blas_threads``, from amnp.parallel.blas_threads_per_process; None: the BLAS library's own).
     """
 
     def __init__(self, config: TrainConfig, dataset, out_dir: str, progress: bool | None = None,
@@ -152,6 +154,7 @@ class Trainer:
             raise ValueError(f"threads={threads}: a sharded head runs its collectives once per rank, "
                              "so its batch cannot be split over threads; use one thread per rank")
         self.replicas = ThreadReplicas(self.model, threads)
+        self.blas_threads = blas_threads_per_process(self.comm.processes_on_node)  # None: the library's own
         self.optimizer = SGD(self.model, config.momentum, config.weight_decay)
         self.num_train = len(dataset.train_labels)
         if config.batch_size > self.num_train:
@@ -373,35 +376,11 @@ class Trainer:
         restore_signal_handlers = catch_stop_signals(self._stop)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
-        window = []
-        window_start = time.perf_counter()
         if self.images.read_ahead:
             self._prefetcher = Prefetcher(self.read_batch, end)
         try:
-            while self.step < end and not self._stopping():
-                window.append(self.train_step(self.step))
-                self.step += 1
-                bar.update(1)
-                log_due = self.step % self.config.log_every == 0 or self.step == end
-                checkpoint_due = self.step % self.config.checkpoint_every == 0
-                if not (log_due or checkpoint_due):
-                    continue
-                values = self._read_window(window)
-                if checkpoint_due:
-                    self.save_checkpoint()
-                if log_due:
-                    record = self._log(values, time.perf_counter() - window_start)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
-                                    cos=f"{record['mean_target_cosine']:.3f}", lr=f"{record['lr']:.3g}",
-                                    img_s=f"{record['images_per_s']:.0f}")
-                    if self.writer and not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
-                        print(format_record(record, self.step / self.steps_per_epoch), flush=True)
-                    window, window_start = [], time.perf_counter()
-            self._read_window(window)
-            self.save_checkpoint()
-            if self.comm.size > 1 and self._stop_votes > 0:
-                signums = self.comm.all_reduce(asarray(np.array([self.stopped_by or 0])), "max")
-                self.stopped_by = int(to_numpy(signums)[0])
+            with blas_threads(self.blas_threads):  # the job's processes on this node share its cores
+                self._train_until(end, bar)
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
@@ -411,6 +390,36 @@ class Trainer:
         if self.stopped_by is not None:
             return "interrupted"
         return "finished" if self.step >= self.total_steps else "stopped"
+
+    def _train_until(self, end: int, bar) -> None:
+        """The steps of ``train`` up to ``end`` or a stop signal, logging and checkpointing
+        as due, then the last window's check and a checkpoint of the last step trained."""
+        window = []
+        window_start = time.perf_counter()
+        while self.step < end and not self._stopping():
+            window.append(self.train_step(self.step))
+            self.step += 1
+            bar.update(1)
+            log_due = self.step % self.config.log_every == 0 or self.step == end
+            checkpoint_due = self.step % self.config.checkpoint_every == 0
+            if not (log_due or checkpoint_due):
+                continue
+            values = self._read_window(window)
+            if checkpoint_due:
+                self.save_checkpoint()
+            if log_due:
+                record = self._log(values, time.perf_counter() - window_start)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
+                                cos=f"{record['mean_target_cosine']:.3f}", lr=f"{record['lr']:.3g}",
+                                img_s=f"{record['images_per_s']:.0f}")
+                if self.writer and not self.progress and self.step % self.steps_per_epoch < self.config.log_every:
+                    print(format_record(record, self.step / self.steps_per_epoch), flush=True)
+                window, window_start = [], time.perf_counter()
+        self._read_window(window)
+        self.save_checkpoint()
+        if self.comm.size > 1 and self._stop_votes > 0:
+            signums = self.comm.all_reduce(asarray(np.array([self.stopped_by or 0])), "max")
+            self.stopped_by = int(to_numpy(signums)[0])
 
     def _read_window(self, window) -> np.ndarray:
         """The (loss, accuracy, target cosine) of each step since the last log, (steps, 3),

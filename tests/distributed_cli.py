@@ -7,8 +7,11 @@ The command line is amnp's own (amnp.cli.main); only the dataset is the tests' t
 AMNP_TEST_PIDS=DIR       each rank writes its pid to DIR/rank<R>.pid, for the signal tests;
 AMNP_TEST_RAISE=R:S      rank R raises a RuntimeError in step S (a rank that fails alone);
 AMNP_TEST_NAN=R:S        rank R's loss in step S is NaN (seen by rank R alone before the all-reduce);
-AMNP_TEST_CLASSES=K      the tiny dataset has K identities (7 when unset).
+AMNP_TEST_CLASSES=K      the tiny dataset has K identities (7 when unset);
+AMNP_TEST_BLAS=DIR       each rank writes to DIR/rank<R>.json the BLAS thread counts it runs its
+                         steps with and the count its trainer chose.
 """
+import json
 import os
 import sys
 
@@ -42,10 +45,26 @@ def inject_faults():
     Trainer.train_step = faulty_step
 
 
+def record_blas_threads(directory):
+    from threadpoolctl import threadpool_info
+
+    train_step = Trainer.train_step
+
+    def recording_step(self, step):
+        counts = [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+        with open(os.path.join(directory, f"rank{self.comm.rank}.json"), "w") as file:
+            json.dump({"counts": counts, "chosen": self.blas_threads, "cores": len(os.sched_getaffinity(0))}, file)
+        return train_step(self, step)
+
+    Trainer.train_step = recording_step
+
+
 if __name__ == "__main__":
     classes = int(os.environ.get("AMNP_TEST_CLASSES", "7"))
     cli.open_dataset = lambda config: tiny_dataset(num_classes=classes, per_class=8, seed=config.seed)
     inject_faults()
+    if os.environ.get("AMNP_TEST_BLAS"):
+        record_blas_threads(os.environ["AMNP_TEST_BLAS"])
     pids = os.environ.get("AMNP_TEST_PIDS")
     if pids:
         from mpi4py import MPI

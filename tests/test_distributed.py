@@ -391,7 +391,7 @@ def test_one_rank_nccl_communicator_on_the_gpu(cupy_module):
     cp = cupy_module
     for stream in (None, cp.cuda.Stream(non_blocking=True)):  # the current stream, and its own
         comm = NCCLCommunicator(SingleProcess(), stream=stream)
-        assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
+        assert (comm.rank, comm.size, comm.local_rank, comm.processes_on_node) == (0, 1, 0, 1)
         # the public collectives skip NCCL on one rank: call its primitives themselves
         x = cp.arange(6.0).reshape(3, 2)
         for op in ("sum", "max"):

@@ -22,6 +22,7 @@ import pytest
 from amnp import cli
 from amnp.config import TrainConfig
 from amnp.distributed import class_range, run_simulated
+from amnp.parallel import BLAS_THREAD_VARIABLES
 from amnp.training import Trainer
 
 from .checkout import checkout_env
@@ -37,7 +38,7 @@ def amnp_ranks(ranks, *arguments, env=None, timeout=120, evaluate=False, mpi4py_
     reason = mpi_missing()
     if reason:
         pytest.skip(f"MPI test skipped: {reason}")
-    environment = checkout_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
+    environment = checkout_env(**{"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})})
     runner = ["-m", "mpi4py"] if mpi4py_runner else []
     return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, *runner, *TRAIN, "--distributed",
                            *([] if "--resume" in arguments else GLOBAL_BATCH), *arguments,
@@ -105,6 +106,28 @@ def test_the_command_with_a_sharded_head_trains_and_evaluates(tmp_path):
     assert os.path.isfile(out / "eval.json") and os.path.isfile(out / "figures" / "training_curves.png")
     state, _ = saved(out)
     assert state["param/head.classifier.weight"].shape == (7, 128)  # gathered: every class
+
+
+def test_two_ranks_on_one_machine_divide_its_cores_between_their_blas_libraries(tmp_path):
+    """Without a count in the environment, each rank multiplies on ⌊cores / 2⌋ threads (at least
+    1), not on every core as two libraries left alone would; the command line says so."""
+    unset = {name: "" for name in BLAS_THREAD_VARIABLES}
+    result = amnp_ranks(2, "--iters", "2", "--out", str(tmp_path / "run"), env=dict(unset, AMNP_TEST_BLAS=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank in ranks:
+        assert rank["chosen"] == max(1, rank["cores"] // 2)
+        assert rank["counts"] and set(rank["counts"]) == {rank["chosen"]}
+    assert f"on 2 ranks, {ranks[0]['chosen']} BLAS thread" in result.stdout
+
+
+def test_a_blas_thread_count_set_in_the_environment_is_left_to_the_ranks(tmp_path):
+    result = amnp_ranks(2, "--iters", "2", "--out", str(tmp_path / "run"), env={"AMNP_TEST_BLAS": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    for rank in range(2):  # amnp_ranks sets OPENBLAS_NUM_THREADS=1
+        recorded = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert recorded["chosen"] is None and set(recorded["counts"]) == {1}
+    assert "BLAS thread" not in result.stdout
 
 
 def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_once(tmp_path):

@@ -1,6 +1,8 @@
 """amnp.parallel: a batch split over the threads of one process gives the one-thread step
 (float64, to rounding), resumes bit for bit, follows the model's parameters, keeps the BLAS
-library on one thread per part and puts its count back, and refuses what it cannot split."""
+library on one thread per part and puts its count back, and refuses what it cannot split.
+Processes that share a machine divide its cores between their BLAS libraries, unless the
+environment sets a count (under a real ``mpiexec``: tests/test_distributed_training.py)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +20,8 @@ from amnp.config import build_head
 from amnp.distributed import SingleProcess, run_simulated
 from amnp.heads import TrainingModel
 from amnp.inference import embed
-from amnp.parallel import BatchThreads, ThreadReplicas, one_blas_thread
+from amnp.parallel import (BLAS_THREAD_VARIABLES, BatchThreads, ThreadReplicas, blas_threads,
+                           blas_threads_per_process, one_blas_thread)
 from amnp.training import Trainer
 
 from .checkout import checkout_env
@@ -131,30 +134,30 @@ def test_splitting_arrays_that_are_not_numpy_is_refused():
         BatchThreads(2).map(lambda r, x: x, guard(np.zeros((4, 3))))
 
 
-def blas_threads():
+def blas_counts():
     return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
 
 
 def test_each_part_multiplies_on_one_blas_thread_and_the_count_is_put_back_after():
-    before = blas_threads()
+    before = blas_counts()
     seen = []
 
     def part(model, x, y):
-        seen.append(blas_threads())
+        seen.append(blas_counts())
         return model.forward_backward(x, y, 0)
 
     ThreadReplicas(small_model(), 2).run(part, *batch())
     assert seen == [[1] * len(before)] * 2
-    assert blas_threads() == before
+    assert blas_counts() == before
 
 
 def test_one_blas_thread_blocks_in_two_threads_take_turns_and_leave_the_count_as_it_was():
-    before = blas_threads()
+    before = blas_counts()
     seen = []
 
     def second():
         with one_blas_thread():
-            seen.append(blas_threads())
+            seen.append(blas_counts())
 
     worker = threading.Thread(target=second)
     with one_blas_thread():
@@ -162,7 +165,66 @@ def test_one_blas_thread_blocks_in_two_threads_take_turns_and_leave_the_count_as
         worker.join(timeout=0.5)
         assert worker.is_alive() and not seen  # waiting for its turn
     worker.join()
-    assert seen == [[1] * len(before)] and blas_threads() == before
+    assert seen == [[1] * len(before)] and blas_counts() == before
+
+
+@pytest.fixture
+def no_blas_count_set(monkeypatch):
+    for name in BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("processes, cores, each", [(2, 2, 1), (2, 16, 8), (3, 8, 2), (4, 2, 1), (5, 1, 1)])
+def test_processes_on_one_machine_divide_its_cores(no_blas_count_set, processes, cores, each):
+    assert blas_threads_per_process(processes, cores) == each
+
+
+def test_one_process_keeps_the_blas_librarys_own_count(no_blas_count_set):
+    assert blas_threads_per_process(1, 16) is None
+
+
+@pytest.mark.parametrize("variable", BLAS_THREAD_VARIABLES)
+def test_a_count_set_in_the_environment_stands(no_blas_count_set, monkeypatch, variable):
+    monkeypatch.setenv(variable, "3")
+    assert blas_threads_per_process(2, 16) is None
+
+
+def test_the_cores_by_default_are_those_this_process_may_run_on(no_blas_count_set):
+    assert blas_threads_per_process(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_a_process_count_below_1_is_refused():
+    with pytest.raises(ValueError, match="processes"):
+        blas_threads_per_process(0, 2)
+
+
+def test_blas_threads_sets_the_count_within_the_block_and_puts_it_back():
+    before = blas_counts()
+    with blas_threads(1):
+        assert blas_counts() == [1] * len(before)
+    assert blas_counts() == before
+    with blas_threads(None):
+        assert blas_counts() == before
+
+
+def test_a_trainer_whose_process_shares_the_machine_trains_on_its_share_of_the_cores(no_blas_count_set, tmp_path):
+    """The loop runs within the chosen count (seen inside each step) and puts it back after."""
+    class SharingTheMachine(SingleProcess):
+        processes_on_node = 2
+
+    trainer = Trainer(config(iters=2), tiny_dataset(), str(tmp_path), comm=SharingTheMachine())
+    assert trainer.blas_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    seen, step = [], trainer.train_step
+    trainer.train_step = lambda index: (seen.append(blas_counts()), step(index))[1]
+    before = blas_counts()
+    trainer.start()
+    assert trainer.train() == "finished"
+    assert seen == [[trainer.blas_threads] * len(before)] * 2 and blas_counts() == before
+
+
+def test_simulated_ranks_are_threads_of_one_process_and_keep_the_librarys_count(no_blas_count_set):
+    assert run_simulated(3, lambda comm: comm.processes_on_node) == [1, 1, 1]
+    assert blas_threads_per_process(SingleProcess().processes_on_node, 16) is None
 
 
 def test_an_error_in_one_part_is_raised_once_every_part_has_finished_and_the_replicas_still_work():

@@ -2,6 +2,7 @@
 need, behind one interface with interchangeable implementations.
 
     comm.rank, comm.size, comm.local_rank     # this process, the world, its rank on its node
+    comm.processes_on_node                    # the job's processes on this node: they share its cores
     comm.all_reduce(x, op="sum")              # in place, "sum" or "max"; returns x
     comm.all_gather(x, sizes)                 # every rank's rows, in rank order
     comm.reduce_scatter(x, sizes)             # the sum over ranks, each rank keeping its rows
@@ -45,6 +46,7 @@ class Communicator:
     rank: int
     size: int
     local_rank: int
+    processes_on_node: int  # of the job, this one included; they share the node's cores and memory
 
     # --- what an implementation provides: equal blocks, host ints, host objects
     def _all_reduce(self, buffer, op: str) -> None:
@@ -162,7 +164,7 @@ class Communicator:
 class SingleProcess(Communicator):
     """One process: rank 0 of 1; every collective leaves its arguments as they are."""
 
-    rank, size, local_rank = 0, 1, 0
+    rank, size, local_rank, processes_on_node = 0, 1, 0, 1
 
     def barrier(self) -> None:
         pass
@@ -201,6 +203,7 @@ class SimulatedCommunicator(Communicator):
     def __init__(self, world: SimulatedWorld, rank: int):
         self.world, self.rank, self.size = world, int(rank), world.size
         self.local_rank = self.rank
+        self.processes_on_node = 1  # the ranks are threads of this one process
 
     def _exchange(self, value, combine: Callable):
         """combine(every rank's value, in rank order), computed on every rank.  The second wait

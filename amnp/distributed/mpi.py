@@ -34,7 +34,7 @@ class MPICommunicator(Communicator):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         # the processes that share this node's memory (and GPUs): their ranks count from 0
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.processes_on_node = node.Get_rank(), node.Get_size()
         node.Free()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
 

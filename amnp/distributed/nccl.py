@@ -39,6 +39,7 @@ class NCCLCommunicator(Communicator):
             bootstrap = MPICommunicator()
         self.bootstrap, self.cupy, self.nccl = bootstrap, cupy, nccl
         self.rank, self.size, self.local_rank = bootstrap.rank, bootstrap.size, bootstrap.local_rank
+        self.processes_on_node = bootstrap.processes_on_node
         devices = cupy.cuda.runtime.getDeviceCount()
         if self.local_rank >= devices:
             raise RuntimeError(
