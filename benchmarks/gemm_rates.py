@@ -37,7 +37,8 @@ def forward_gemm_shapes(layer, x_shape):
     inner, f = c * kh * kw, layer.out_channels
     if not runs_channels_last(np, c):
         return [(f, inner, n * ho * wo)]
-    chunk = samples_per_chunk(np, n, inner * ho * wo * 4, ho * wo, f)
+    float32_bytes = np.dtype(np.float32).itemsize  # the benchmark's images and weights
+    chunk = samples_per_chunk(np, n, inner * ho * wo * float32_bytes, ho * wo, f)
     return [(min(chunk, n - start) * ho * wo, inner, f) for start in range(0, n, chunk)]
 
 

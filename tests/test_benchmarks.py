@@ -121,3 +121,21 @@ def test_distributed_benchmark_runs_at_toy_size():
     assert traffic["head: all-reduce max"] == "in 48 B out 48 B"  # 3 numbers for each of 4 rows
     assert traffic["head: reduce-scatter"] == "in 2.0 KiB out 1.0 KiB"  # 4 x 128 floats in, 2 x 128 out
     assert "sharded, P = 8: 3 x 10,718 x 512 x 4 B = 62.8 MiB" in done.stdout
+
+
+def test_the_streaming_benchmark_refuses_a_folder_of_another_size_in_one_line(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    (folder / "only.png").write_bytes(b"")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "streaming.py"), "--folder", str(folder),
+                           "--identities", "2", "--per-identity", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"{folder} holds 1 images, not --identities 2 x --per-identity 3: "
+                                   "give those of the folder, or a new --folder")
+
+
+def test_the_distributed_benchmark_without_mpiexec_says_how_to_install_it(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "distributed.py"), "--presets", "small"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": str(tmp_path)})
+    assert done.returncode == 1
+    assert done.stderr.strip() == 'distributed.py: mpiexec is not on the PATH; pip install "amnp[dist]" (mpi4py and MPICH)'
