@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, data, figures, rundir
+from .allocator import keep_freed_memory
 from .backend import get_backend, set_backend
 from .compare import DEFAULT_ENTRIES, DEFAULT_EPOCHS, DEFAULT_SEEDS, compare, parse_entry, parse_seeds
 from .config import LOSSES, OptionError, TrainConfig, read_config
@@ -748,6 +749,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # which options were written, for the commands that refuse some
+    keep_freed_memory()  # the arrays of one step are made again the next: reuse their memory
     restore_signal_handlers = catch_stop_signals(raise_interrupted)
     try:
         with warnings.catch_warnings():

@@ -83,12 +83,14 @@ def resident_mib():
 
 def job(spec):
     """One rank of one measurement; rank 0 prints every rank's numbers as one JSON line."""
+    from amnp.allocator import keep_freed_memory
     from amnp.config import TrainConfig
     from amnp.data.dataset import DeviceImages
     from amnp.distributed.mpi import MPICommunicator
     from amnp.models import PRESETS as SHAPES
     from amnp.training import Trainer
 
+    keep_freed_memory()  # as the amnp command runs
     comm = MPICommunicator()
     counting = CountingCommunicator(comm)
     batch, classes, steps = spec["batch"], spec["classes"], spec["steps"]
