@@ -17,7 +17,7 @@ memory is reused at once:
 The price: memory a process has freed stays in it (its resident size does not fall after a
 peak).  Measured on the 2-core development machine: a `small` convolution's backward (64
 channels, 4×4 maps, batch 64, one thread) 3.6 → 2.35 ms; the default run on 2 ranks 2,512 →
-2,848 images/s, on one process no change (1,758 and 1,743), peak 257 → 267 MB.
+2,848 images/s and on one process 1,758 → 1,743 (no change), back to back, peak 257 → 267 MB.
 
 ``keep_freed_memory()`` sets them (``mallopt``) for the whole process, once; the command line
 calls it before any command.  Where the C library is not glibc, or where the user has set one

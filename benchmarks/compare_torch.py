@@ -443,9 +443,6 @@ def timings(step, embed, steps):
 
 
 def run_amnp(args):
-    from amnp.allocator import keep_freed_memory
-
-    keep_freed_memory()  # as the amnp command runs
     threads = args.threads if args.worker == "amnp-split" else 1
     return timings(*amnp_training(args.model, args.batch_size, args.classes, threads), args.steps)
 
@@ -495,6 +492,10 @@ def blas_description():
 
 
 def worker(args):
+    if args.worker != "torch":
+        from amnp.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the amnp command runs
     if args.embedding:
         if args.worker == "torch":
             import torch
