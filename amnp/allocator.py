@@ -1,28 +1,23 @@
 """glibc's allocator, told to keep the memory a process frees for its next arrays.
 
 Why.  A training step makes the same arrays every step: columns of a few MiB, activations,
-their gradients.  glibc hands an array of more than 128 KiB to the kernel when it is freed
-(at first; the threshold then follows the sizes freed, up to 32 MiB) and shrinks the heap when
-more than twice that is free at its top, so the next step's arrays of those sizes are fresh
-pages, each faulted in and zeroed by the kernel on its first write: a page fault per 4 KiB, about
-600 for a 2.4 MB array freed and made again.  With the three settings below a freed array's
-memory is reused at once:
+their gradients.  glibc hands an array of more than 128 KiB back to the kernel when it is
+freed (at first; the threshold then follows the sizes freed, up to 32 MiB) and shrinks the
+heap when more than twice that is free at its top, so the next step's arrays are mostly fresh
+pages, each faulted in and zeroed by the kernel on its first write: a page fault per 4 KiB.
+With two settings a freed array's memory is reused at once:
 
 - ``M_MMAP_THRESHOLD`` 32 MiB (the largest allowed on 64 bits): arrays below it come from the
   heap, not from pages of their own;
-- ``M_TRIM_THRESHOLD`` 1 GiB: the heap is not shrunk until that much is free at its top;
-- ``M_TOP_PAD`` 256 MiB: the heap grows by that much at a time, so it grows rarely (pages that
-  are never written take no memory).
+- ``M_TRIM_THRESHOLD`` 1 GiB: the heap is not shrunk until that much is free at its top.
 
 The price: memory a process has freed stays in it (its resident size does not fall after a
-peak).  Measured on the 2-core development machine: a `small` convolution's backward (64
-channels, 4×4 maps, batch 64, one thread) 3.6 → 2.35 ms; the default run on 2 ranks 2,512 →
-2,848 images/s and on one process 1,758 → 1,743 (no change), back to back, peak 257 → 267 MB.
+peak).  What it gains, measured: docs/performance.md ("Freed memory kept").
 
-``keep_freed_memory()`` sets them (``mallopt``) for the whole process, once; the command line
-calls it before any command.  Where the C library is not glibc, or where the user has set one
-of glibc's own variables for them (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
-MALLOC_TOP_PAD_: theirs stand), it changes nothing and says so by returning False.
+``keep_freed_memory()`` sets them (``mallopt``) for the whole process; the command line calls
+it before any command.  Where the C library is not glibc, or where the user has tuned glibc's
+allocator themselves (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, or ``glibc.malloc.*`` in
+GLIBC_TUNABLES: theirs stands), it changes nothing and says so by returning False.
 """
 from __future__ import annotations
 
@@ -34,7 +29,6 @@ MiB = 2 ** 20
 SETTINGS = {
     "MALLOC_MMAP_THRESHOLD_": (-3, 32 * MiB),
     "MALLOC_TRIM_THRESHOLD_": (-1, 1024 * MiB),
-    "MALLOC_TOP_PAD_": (-2, 256 * MiB),
 }
 
 
@@ -45,11 +39,16 @@ def _mallopt():
         return None
 
 
+def _tuned_by_the_user() -> bool:
+    return (any(os.environ.get(name) for name in SETTINGS)
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""))
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's allocator to keep freed memory for reuse (module docstring).  Returns True
-    when the three settings took; False when nothing was changed (the C library is not glibc,
-    or the environment sets one of them) or glibc refused one."""
-    if any(name in os.environ for name in SETTINGS):
+    when both settings took; False when nothing was changed (the C library is not glibc, or
+    the user tuned its allocator) or glibc refused one."""
+    if _tuned_by_the_user():
         return False
     mallopt = _mallopt()
     if mallopt is None:

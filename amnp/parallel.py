@@ -62,28 +62,38 @@ def _blas_libraries():
 
 
 # read by the BLAS libraries NumPy may use when they load: a count set there is the user's choice
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                         "BLIS_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def blas_threads_per_process(processes: int, cores: int | None = None) -> int | None:
     """The BLAS threads each of ``processes`` processes on one machine should run so that
-    together they use its cores once: ⌊cores / processes⌋, at least 1 (``cores``: those this
-    process may run on, by default).  None, leaving the BLAS library's own count, when one
-    process has the machine or when a count was set in the environment (BLAS_THREAD_VARIABLES).
-    Measured on 2 cores: the default run on 2 ranks trained at 2,580 images/s with one BLAS
-    thread each, and at 588 to 739 with the library's 2 each (4 threads on 2 cores)."""
+    together they use its cores once: ⌊cores / processes⌋, at least 1 (``cores``: by default
+    :func:`available_cores`).  None, leaving the BLAS library's own count, when one process has
+    the machine or when a count was set in the environment (BLAS_THREAD_VARIABLES; an empty
+    value counts as unset).  A launcher that binds each process to its own cores already
+    narrowed them: set a count in the environment there.  Measured: docs/performance.md
+    ("Several processes on one machine")."""
     processes = positive_int(processes, "processes", "sharing the cores")
     if processes == 1 or any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
         return None
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // processes)
+    return max(1, (available_cores() if cores is None else cores) // processes)
 
 
 @contextlib.contextmanager
 def blas_threads(count: int | None):
     """Within the block the BLAS library runs ``count`` threads per product (None: its own
-    count, unchanged); the count is put back at the end."""
+    count, unchanged); the count is put back at the end.  The count is one setting of the
+    process, and threadpoolctl may let only one thread change it: enter this block and
+    :func:`one_blas_thread` on the same thread (the trainer's loop is the thread that splits
+    the batch)."""
     if count is None:
         yield
         return

@@ -9,7 +9,7 @@ AMNP_TEST_RAISE=R:S      rank R raises a RuntimeError in step S (a rank that fai
 AMNP_TEST_NAN=R:S        rank R's loss in step S is NaN (seen by rank R alone before the all-reduce);
 AMNP_TEST_CLASSES=K      the tiny dataset has K identities (7 when unset);
 AMNP_TEST_BLAS=DIR       each rank writes to DIR/rank<R>.json the BLAS thread counts it runs its
-                         steps with and the count its trainer chose.
+                         steps with, the library's own, and the count its trainer chose.
 """
 import json
 import os
@@ -48,12 +48,18 @@ def inject_faults():
 def record_blas_threads(directory):
     from threadpoolctl import threadpool_info
 
+    from amnp.parallel import available_cores
+
+    def blas_counts():
+        return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+
+    own = blas_counts()  # the library's own count, before any training
     train_step = Trainer.train_step
 
     def recording_step(self, step):
-        counts = [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
         with open(os.path.join(directory, f"rank{self.comm.rank}.json"), "w") as file:
-            json.dump({"counts": counts, "chosen": self.blas_threads, "cores": len(os.sched_getaffinity(0))}, file)
+            json.dump({"counts": blas_counts(), "own": own, "chosen": self.blas_threads, "cores": available_cores()},
+                      file)
         return train_step(self, step)
 
     Trainer.train_step = recording_step

@@ -119,6 +119,8 @@ def test_two_ranks_on_one_machine_divide_its_cores_between_their_blas_libraries(
         assert rank["chosen"] == max(1, rank["cores"] // 2)
         assert rank["counts"] and set(rank["counts"]) == {rank["chosen"]}
     assert f"on 2 ranks, {ranks[0]['chosen']} BLAS thread" in result.stdout
+    if set(ranks[0]["own"]) == {ranks[0]["chosen"]}:  # then the steps above would look the same without it
+        pytest.skip(f"the ranks' BLAS libraries run {ranks[0]['chosen']} thread(s) on their own here")
 
 
 def test_a_blas_thread_count_set_in_the_environment_is_left_to_the_ranks(tmp_path):

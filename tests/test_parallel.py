@@ -20,7 +20,7 @@ from amnp.config import build_head
 from amnp.distributed import SingleProcess, run_simulated
 from amnp.heads import TrainingModel
 from amnp.inference import embed
-from amnp.parallel import (BLAS_THREAD_VARIABLES, BatchThreads, ThreadReplicas, blas_threads,
+from amnp.parallel import (BLAS_THREAD_VARIABLES, BatchThreads, ThreadReplicas, available_cores, blas_threads,
                            blas_threads_per_process, one_blas_thread)
 from amnp.training import Trainer
 
@@ -189,8 +189,14 @@ def test_a_count_set_in_the_environment_stands(no_blas_count_set, monkeypatch, v
     assert blas_threads_per_process(2, 16) is None
 
 
-def test_the_cores_by_default_are_those_this_process_may_run_on(no_blas_count_set):
-    assert blas_threads_per_process(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+def test_the_cores_by_default_are_those_this_process_may_run_on(no_blas_count_set, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert available_cores() == 6 and blas_threads_per_process(2) == 3
+
+
+def test_an_empty_count_in_the_environment_counts_as_unset(no_blas_count_set, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "")
+    assert blas_threads_per_process(2, 16) == 8
 
 
 def test_a_process_count_below_1_is_refused():
@@ -207,13 +213,23 @@ def test_blas_threads_sets_the_count_within_the_block_and_puts_it_back():
         assert blas_counts() == before
 
 
+class SharingTheMachine(SingleProcess):
+    processes_on_node = 2
+
+
+def shared_machine_trainer(tmp_path, **overrides):
+    """A trainer whose process shares this machine with one other; skips where dividing the
+    cores leaves the BLAS library's own count (one core, or a library on one thread)."""
+    trainer = Trainer(config(**overrides), tiny_dataset(), str(tmp_path), comm=SharingTheMachine())
+    assert trainer.blas_threads == max(1, available_cores() // 2)
+    if set(blas_counts()) == {trainer.blas_threads}:
+        pytest.skip(f"the BLAS library runs {trainer.blas_threads} thread(s) already: nothing to divide here")
+    return trainer
+
+
 def test_a_trainer_whose_process_shares_the_machine_trains_on_its_share_of_the_cores(no_blas_count_set, tmp_path):
     """The loop runs within the chosen count (seen inside each step) and puts it back after."""
-    class SharingTheMachine(SingleProcess):
-        processes_on_node = 2
-
-    trainer = Trainer(config(iters=2), tiny_dataset(), str(tmp_path), comm=SharingTheMachine())
-    assert trainer.blas_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    trainer = shared_machine_trainer(tmp_path, iters=2)
     seen, step = [], trainer.train_step
     trainer.train_step = lambda index: (seen.append(blas_counts()), step(index))[1]
     before = blas_counts()
@@ -222,9 +238,22 @@ def test_a_trainer_whose_process_shares_the_machine_trains_on_its_share_of_the_c
     assert seen == [[trainer.blas_threads] * len(before)] * 2 and blas_counts() == before
 
 
+def test_the_count_is_put_back_when_training_fails(no_blas_count_set, tmp_path):
+    trainer = shared_machine_trainer(tmp_path, iters=4)
+
+    def failing_step(index):
+        raise RuntimeError(f"injected failure at step {index}")
+
+    trainer.train_step = failing_step
+    before = blas_counts()
+    trainer.start()
+    with pytest.raises(RuntimeError, match="injected failure at step 0"):
+        trainer.train()
+    assert blas_counts() == before
+
+
 def test_simulated_ranks_are_threads_of_one_process_and_keep_the_librarys_count(no_blas_count_set):
     assert run_simulated(3, lambda comm: comm.processes_on_node) == [1, 1, 1]
-    assert blas_threads_per_process(SingleProcess().processes_on_node, 16) is None
 
 
 def test_an_error_in_one_part_is_raised_once_every_part_has_finished_and_the_replicas_still_work():

@@ -46,7 +46,9 @@ class Communicator:
     rank: int
     size: int
     local_rank: int
-    processes_on_node: int  # of the job, this one included; they share the node's cores and memory
+    # the job's processes on this machine, this one included, which share its cores; 1 unless an
+    # implementation knows better (simulated ranks are threads of one process)
+    processes_on_node: int = 1
 
     # --- what an implementation provides: equal blocks, host ints, host objects
     def _all_reduce(self, buffer, op: str) -> None:
@@ -164,7 +166,7 @@ class Communicator:
 class SingleProcess(Communicator):
     """One process: rank 0 of 1; every collective leaves its arguments as they are."""
 
-    rank, size, local_rank, processes_on_node = 0, 1, 0, 1
+    rank, size, local_rank = 0, 1, 0
 
     def barrier(self) -> None:
         pass
@@ -203,7 +205,6 @@ class SimulatedCommunicator(Communicator):
     def __init__(self, world: SimulatedWorld, rank: int):
         self.world, self.rank, self.size = world, int(rank), world.size
         self.local_rank = self.rank
-        self.processes_on_node = 1  # the ranks are threads of this one process
 
     def _exchange(self, value, combine: Callable):
         """combine(every rank's value, in rank order), computed on every rank.  The second wait
