@@ -408,7 +408,6 @@ def report(run_dir: str, net, dataset, seed: int, threads: int) -> dict:
     return metrics
 
 
-
 def options_written(argv, allowed) -> list[str]:
     """The options written in ``argv`` other than ``allowed``, sorted, whatever their values:
     one given with its default value was still asked for.  (The parsers take no

@@ -207,7 +207,6 @@ METRICS = (
 )
 
 
-
 def _points(difference: float, interval) -> str:
     return f"{100 * difference:+.2f} [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
 
