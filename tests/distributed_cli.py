@@ -46,12 +46,8 @@ def inject_faults():
 
 
 def record_blas_threads(directory):
-    from threadpoolctl import threadpool_info
-
     from amnp.parallel import available_cores
-
-    def blas_counts():
-        return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+    from tests.test_parallel import blas_counts
 
     own = blas_counts()  # the library's own count, before any training
     train_step = Trainer.train_step

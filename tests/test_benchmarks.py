@@ -14,6 +14,7 @@ from amnp.config import build_head
 from amnp.heads import TrainingModel
 from amnp.optim import SGD
 
+from .checkout import checkout_env
 from .host_guard import guard, guard_parameters, transfers
 from .test_distributed import mpi_missing
 
@@ -58,7 +59,7 @@ def test_gemm_rates_runs_at_toy_size():
 
 def test_the_checksum_benchmark_runs_at_toy_size():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "cache_checksums.py"), "--images", "300", "--batches", "2",
-                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300, env=checkout_env())
     assert done.returncode == 0, done.stderr[-2000:]
     assert "checked" in done.stdout and "unchecked" in done.stdout
 
@@ -68,7 +69,7 @@ def test_streaming_benchmark_runs_at_toy_size(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "streaming.py"), "--folder", str(folder), "--identities", "8",
          "--per-identity", "4", "--steps", "2", "--batch-size", "8", "--in-memory"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "AMNP_CACHE_DIR": str(tmp_path / "cache")})
+        capture_output=True, text=True, timeout=300, env=checkout_env(AMNP_CACHE_DIR=str(tmp_path / "cache")))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "32 images under" in done.stdout
     assert [line.split()[0] for line in done.stdout.splitlines()[3:6]] == ["decode", "train", "in"]
@@ -136,6 +137,6 @@ def test_the_streaming_benchmark_refuses_a_folder_of_another_size_in_one_line(tm
 
 def test_the_distributed_benchmark_without_mpiexec_says_how_to_install_it(tmp_path):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "distributed.py"), "--presets", "small"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": str(tmp_path)})
+                          capture_output=True, text=True, timeout=120, env=checkout_env(PATH=str(tmp_path)))
     assert done.returncode == 1
     assert done.stderr.strip() == 'distributed.py: mpiexec is not on the PATH; pip install "amnp[dist]" (mpi4py and MPICH)'

@@ -156,6 +156,13 @@ def test_protocol_needs_an_identity_with_two_images():
         make_pairs_protocol([5, 5, 5], np.random.default_rng(0))
 
 
+def test_protocol_labels_must_be_one_dimensional_integers():
+    with pytest.raises(ValueError, match=r"labels must have 1 dimension\(s\), got shape \(2, 2\)"):
+        make_pairs_protocol([[0, 0], [1, 1]], np.random.default_rng(0))
+    with pytest.raises(TypeError, match="labels must hold integers, got dtype float64"):
+        make_pairs_protocol([0.0, 0.0, 1.0, 1.0], np.random.default_rng(0))
+
+
 @given(st.lists(st.integers(0, 6), min_size=2, max_size=60), st.integers(1, 4),
        st.integers(1, 12), st.integers(0, 2 ** 32 - 1))
 def test_protocol_invariants_on_random_labels(labels, folds, per_fold, seed):

@@ -12,6 +12,7 @@ from PIL import Image
 from amnp import cli
 from amnp.data import load_image_folder, read_image
 
+from .checkout import checkout_env
 from .test_data import face_folder, write_image
 from .test_inference_cli import trained  # noqa: F401 - a fixture: a run on 3x16x16 images
 
@@ -139,7 +140,7 @@ def test_a_file_name_that_is_not_utf8_is_read_by_every_command(trained, tmp_path
     done = subprocess.run(
         [sys.executable, "-m", "amnp", "train", "--dataset", f"folder:{root}", "--iters", "1",
          "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-eval"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "AMNP_CACHE_DIR": str(cache)})
+        capture_output=True, text=True, timeout=300, env=checkout_env(AMNP_CACHE_DIR=str(cache)))
     assert done.returncode == 0 and "amnp: error" not in done.stderr, done.stderr
     assert "unreadable" not in done.stderr
     assert cached_images(cache).size == 33 * 3 * 16 * 16

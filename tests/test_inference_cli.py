@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 import amnp
+import amnp.inference
+import amnp.parallel
 from amnp import checkpoint, cli
 from amnp.functional import l2_normalize_forward
 from amnp.inference import embed
@@ -133,6 +135,30 @@ def test_eval_on_threads_gives_the_metrics_of_one_thread(trained, tmp_path, caps
     assert cli.main(["eval", str(run), "--threads", "2"]) == 0
     assert json.loads((run / "eval.json").read_text())["threshold"] == pytest.approx(
         json.loads((trained["run"] / "eval.json").read_text())["threshold"], rel=1e-4, abs=1e-5)
+
+
+def test_every_image_command_hands_its_threads_to_the_embedding_pass(trained, tmp_path, monkeypatch):
+    """The comparisons above would also pass if --threads were ignored."""
+    asked = []
+
+    class RecordingThreads(amnp.parallel.BatchThreads):
+        def __init__(self, threads):
+            asked.append(threads)
+            super().__init__(threads)
+
+    monkeypatch.setattr(amnp.inference, "BatchThreads", RecordingThreads)
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    images = sorted(str(path) for path in trained["lfw"].rglob("*.jpg"))[:2]
+    commands = {"embed": ["embed", str(run), "--images", str(trained["lfw"]), "--out", str(tmp_path / "f.npz")],
+                "verify": ["verify", str(run), *images],
+                "eval with pairs": ["eval", str(run), "--pairs", str(trained["pairs"]), "--images", str(trained["lfw"]),
+                                    "--out", str(tmp_path / "lfw.json")],
+                "eval of the run": ["eval", str(run)]}
+    for name, arguments in commands.items():
+        asked.clear()
+        assert cli.main([*arguments, "--threads", "3"]) == 0, name
+        assert asked and set(asked) == {3}, name
 
 
 def mismatched_tree(base):

@@ -86,6 +86,17 @@ def test_each_epoch_draws_its_order_once_and_batches_walk_it(tmp_path, monkeypat
                                           order[position * b:(position + 1) * b])
 
 
+@pytest.mark.parametrize("label", [-1, 6])
+def test_a_training_label_outside_the_classes_is_refused_before_any_step(tmp_path, label):
+    """The steps skip the range check (it would read the labels back every step): the trainer
+    checks every training label once, when it is made."""
+    dataset = tiny_dataset()
+    dataset.train_labels[-1] = label
+    with pytest.raises(ValueError, match=rf"the training set: labels must lie in \[0, 5\] for 6 classes, "
+                                         rf"got values from {min(label, 0)} to {max(label, 5)}"):
+        Trainer(config(), dataset, str(tmp_path), progress=False)
+
+
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(config(), tiny_dataset(), str(tmp_path), progress=False)
     forward = trainer.model.head.forward
