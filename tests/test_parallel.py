@@ -25,12 +25,10 @@ from amnp.parallel import (BLAS_THREAD_VARIABLES, BatchThreads, ThreadReplicas, 
                            blas_threads_per_process, one_blas_thread)
 from amnp.training import Trainer
 
-from .checkout import checkout_env
+from .checkout import CHECKOUT, checkout_env
 from .distributed_cases import relative_error
 from .host_guard import guard, guard_parameters
 from .test_training import config, tiny_dataset
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def trained(tmp_path, name, threads, comm=None, steps=6, **overrides):
@@ -350,7 +348,7 @@ def test_threads_on_arrays_that_are_not_numpy_are_refused():
 
 def amnp_train(*arguments):
     return subprocess.run([sys.executable, "-m", "amnp", "train", "--iters", "4", "--no-eval", *arguments],
-                          cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=300)
+                          cwd=CHECKOUT, env=checkout_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_the_command_trains_on_threads_says_so_and_resumes_on_another_count(tmp_path):
@@ -359,7 +357,7 @@ def test_the_command_trains_on_threads_says_so_and_resumes_on_another_count(tmp_
     assert result.returncode == 0, result.stderr
     assert "on numpy, 2 threads" in result.stdout
     resumed = subprocess.run([sys.executable, "-m", "amnp", "train", "--resume", str(out), "--threads", "1",
-                              "--no-eval"], cwd=ROOT, env=checkout_env(), capture_output=True, text=True, timeout=300)
+                              "--no-eval"], cwd=CHECKOUT, env=checkout_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "finished at step 4" in resumed.stdout and "2 threads" not in resumed.stdout
     assert checkpoint.read(str(out / "checkpoint.npz"))[2]["step"] == 4
