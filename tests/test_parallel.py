@@ -79,9 +79,11 @@ def test_the_trainer_runs_each_part_of_its_batch_in_a_thread_of_its_own(tmp_path
                       threads=3)
     trainer.start()
     assert trainer.train() == "finished"
-    for step in (0, 1):
+    for step in (0, 1):  # three parts, the first in the loop's thread, the others in the pool's
         parts = [(thread, rows) for at, thread, rows in seen if at == step]
-        assert len({thread for thread, _ in parts}) == 3 and sorted(rows for _, rows in parts) == [4, 4, 4]
+        assert sorted(rows for _, rows in parts) == [4, 4, 4]
+        threads = {thread for thread, _ in parts}
+        assert threading.get_ident() in threads and len(threads) >= 2
 
 
 def test_a_run_on_threads_resumes_bit_for_bit(tmp_path):
@@ -157,7 +159,11 @@ def test_the_embedding_pass_runs_each_part_of_a_batch_in_a_thread_of_its_own():
 
     net.forward = recording
     embed(net, np.zeros((7, 1, 16, 16), np.uint8), mirror=False, threads=3)
-    assert len({thread for thread, _ in seen}) == 3 and sorted(rows for _, rows in seen) == [2, 2, 3]
+    # three parts, the first in this thread and the others in the pool's (which may reuse one
+    # of its threads for both, when the first of them has finished)
+    assert sorted(rows for _, rows in seen) == [2, 2, 3]
+    threads = {thread for thread, _ in seen}
+    assert threading.get_ident() in threads and len(threads) >= 2
 
 
 def test_splitting_arrays_that_are_not_numpy_is_refused():
